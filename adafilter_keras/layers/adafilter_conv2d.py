@@ -1,0 +1,243 @@
+"""AdaFilterConv2D: a 2D convolution with a frozen pre-trained kernel and a trainable fine-tuned copy."""
+
+import keras
+from keras import activations, initializers, ops, regularizers
+
+from adafilter_keras import validation
+from adafilter_keras.layers.branches import check_gate, mix_branches, split_branches
+from adafilter_keras.layers.copying import assign_copy
+
+
+@keras.saving.register_keras_serializable(package="adafilter_keras")
+class AdaFilterConv2D(keras.layers.Layer):
+    """A `Conv2D` with two kernels: the frozen pre-trained one and a trainable fine-tuned copy.
+
+    Both branches are computed as one convolution over the kernels concatenated on the output axis
+    (`2 * filters` output channels). The layer has two modes, chosen by how it is called:
+
+    * `layer(inputs)` returns both branches stacked on the channel axis, shape
+      `(batch, height, width, 2 * filters)`: channels `[:filters]` come from the pre-trained kernel,
+      channels `[filters:]` from the fine-tuned one. Use this when a `GatedBatchNorm` follows; the
+      activation, if any, is applied to each branch.
+    * `layer(inputs, gate)` with `gate` of shape `(batch, filters)` mixes the branches itself,
+      `gate * finetuned + (1 - gate) * pretrained` per example and per filter, then applies the
+      activation. Use this where no batch normalization follows the convolution (VGG, ResNet V2).
+
+    At construction from plain arguments both kernels (and biases) start equal, drawn once from the
+    initializers; `from_conv2d` copies the weights of an existing `Conv2D` into both.
+
+    Args:
+        filters: Number of output filters per branch.
+        kernel_size: Int or pair of ints.
+        strides: Int or pair of ints.
+        padding: `"valid"` or `"same"`.
+        data_format: Only `"channels_last"` (or None, meaning the Keras default, which must then
+            be channels_last) is supported.
+        dilation_rate: Int or pair of ints.
+        groups: Only 1 is supported.
+        activation: Activation applied after mixing (or to each branch in stacked mode).
+        use_bias: Whether both branches have a bias.
+        kernel_initializer: Initializer for the (shared) initial kernel value.
+        bias_initializer: Initializer for the (shared) initial bias value.
+        kernel_regularizer: Regularizer applied to the fine-tuned kernel.
+        bias_regularizer: Regularizer applied to the fine-tuned bias.
+        activity_regularizer: Regularizer on the layer's output.
+        kernel_constraint: Not supported; must be None.
+        bias_constraint: Not supported; must be None.
+        **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.filters = validation.positive_int("filters", filters)
+        self.kernel_size = validation.int_pair("kernel_size", kernel_size)
+        self.strides = validation.int_pair("strides", strides)
+        self.padding = validation.one_of("padding", str(padding).lower(), ("valid", "same"))
+        self.dilation_rate = validation.int_pair("dilation_rate", dilation_rate)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                "`strides > 1` is not compatible with `dilation_rate > 1`. "
+                f"Received: strides={self.strides}, dilation_rate={self.dilation_rate}"
+            )
+        resolved_format = data_format or keras.config.image_data_format()
+        if resolved_format != "channels_last":
+            raise ValueError(
+                "AdaFilterConv2D supports only data_format='channels_last'. Build the model with "
+                "channels_last (keras.config.set_image_data_format('channels_last')). "
+                f"Received: data_format={resolved_format!r}"
+            )
+        self.data_format = "channels_last"
+        if groups != 1:
+            raise ValueError(
+                "AdaFilterConv2D supports only groups=1 (grouped convolutions are not gated). "
+                f"Received: groups={groups!r}"
+            )
+        for name, constraint in (
+            ("kernel_constraint", kernel_constraint),
+            ("bias_constraint", bias_constraint),
+        ):
+            if constraint is not None:
+                raise ValueError(
+                    f"AdaFilterConv2D does not support `{name}`: a constraint on the fine-tuned "
+                    f"weights would break the equality with the pre-trained ones at "
+                    f"initialisation. Remove it. Received: {name}={constraint!r}"
+                )
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.input_spec = keras.layers.InputSpec(min_ndim=4, max_ndim=4)
+
+    @classmethod
+    def from_conv2d(cls, conv, **kwargs):
+        """Creates a built `AdaFilterConv2D` whose both kernels are copies of `conv`'s.
+
+        Args:
+            conv: A built `keras.layers.Conv2D`.
+            **kwargs: Overrides for the constructor arguments (for example `name`); by default the
+                new layer takes `conv`'s name and dtype policy.
+
+        Returns:
+            The new layer, built, with `pretrained_kernel == finetuned_kernel == conv.kernel` (and
+            the same for the bias).
+        """
+        if not isinstance(conv, keras.layers.Conv2D):
+            raise TypeError(
+                "AdaFilterConv2D.from_conv2d expects a keras.layers.Conv2D. "
+                f"Received: conv={conv!r} of type {type(conv).__name__}"
+            )
+        if not conv.built:
+            raise ValueError(
+                f"Conv2D layer '{conv.name}' is not built, so it has no weights to copy. Call it "
+                "on an input (or use it in a model) first."
+            )
+        config = conv.get_config()
+        arguments = {
+            key: config[key]
+            for key in (
+                "filters",
+                "kernel_size",
+                "strides",
+                "padding",
+                "data_format",
+                "dilation_rate",
+                "groups",
+                "activation",
+                "use_bias",
+                "kernel_initializer",
+                "bias_initializer",
+                "kernel_regularizer",
+                "bias_regularizer",
+                "activity_regularizer",
+                "kernel_constraint",
+                "bias_constraint",
+            )
+        }
+        arguments.update(name=conv.name, dtype=conv.dtype_policy)
+        arguments.update(kwargs)
+        layer = cls(**arguments)
+        kernel = ops.convert_to_tensor(conv.kernel)
+        layer.build((None, None, None, kernel.shape[2]))
+        for branch in ("pretrained", "finetuned"):
+            assign_copy(getattr(layer, f"{branch}_kernel"), kernel)
+            if layer.use_bias:
+                assign_copy(getattr(layer, f"{branch}_bias"), conv.bias)
+        return layer
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"Layer '{self.name}' needs the number of input channels (the last axis) to be "
+                f"known. Received: input_shape={tuple(input_shape)}"
+            )
+        kernel_shape = (*self.kernel_size, channels, self.filters)
+        self.pretrained_kernel, self.finetuned_kernel = self._add_pair(
+            "kernel", kernel_shape, self.kernel_initializer, self.kernel_regularizer
+        )
+        if self.use_bias:
+            self.pretrained_bias, self.finetuned_bias = self._add_pair(
+                "bias", (self.filters,), self.bias_initializer, self.bias_regularizer
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+
+    def _add_pair(self, name, shape, initializer, regularizer):
+        # One draw from the initializer seeds both weights, so the branches start equal.
+        value = initializer(shape, dtype=self.variable_dtype)
+        pretrained = self.add_weight(
+            name=f"pretrained_{name}",
+            shape=shape,
+            initializer=lambda shape, dtype=None: value,
+            trainable=False,
+        )
+        finetuned = self.add_weight(
+            name=f"finetuned_{name}",
+            shape=shape,
+            initializer=lambda shape, dtype=None: ops.copy(value),
+            regularizer=regularizer,
+            trainable=True,
+        )
+        return pretrained, finetuned
+
+    def call(self, inputs, gate=None):
+        kernel = ops.concatenate([self.pretrained_kernel, self.finetuned_kernel], axis=-1)
+        outputs = ops.conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+        if self.use_bias:
+            outputs = outputs + ops.concatenate([self.pretrained_bias, self.finetuned_bias])
+        if gate is not None:
+            check_gate(gate.shape, self.filters, self.name)
+            outputs = mix_branches(*split_branches(outputs), gate)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "groups": 1,
+                "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": None,
+                "bias_constraint": None,
+            }
+        )
+        return config

@@ -1,0 +1,158 @@
+"""GateController: the recurrent network that decides, per example and per filter, which branch runs."""
+
+import keras
+from keras import ops
+
+from adafilter_keras import validation
+from adafilter_keras.layers.gate_sampling import sample_gates
+
+
+@keras.saving.register_keras_serializable(package="adafilter_keras")
+class GateController(keras.layers.Layer):
+    """Computes the gates of every gated layer with one LSTM cell shared across depth.
+
+    One controller serves all `n = len(filters)` gated layers of a model and is called once per
+    gated layer, in a fixed order, threading the LSTM state from call to call:
+
+        gate_0, h, c = controller(x_0, index=0)               # zero initial state
+        gate_1, h, c = controller(x_1, states=[h, c], index=1)
+        ...
+
+    where `x_i` is the tensor that enters gated layer `i`, shape `(batch, height, width,
+    input_channels[i])`. For call `i` the controller global-average-pools `x_i`, projects it with
+    `projections[i]` (a `Dense(units)`) to the common width, runs the shared `LSTMCell(units)`, and
+    maps the new hidden state through `heads[i]` (a `Dense(filters[i])`) to one logit per filter.
+    Gates are exactly 0 or 1 (1 picks the fine-tuned filter): in training by the straight-through
+    binary Gumbel estimator at `temperature`, at inference by `1[logit > 0]`. Without `states`
+    the call starts from the zero state, sized from the batch, so the state is reset for every batch.
+
+    In training, the controller also accumulates per layer and per filter how often the fine-tuned
+    branch was chosen; `gate_statistics()` reads these and `reset_gate_statistics()` clears them.
+
+    Args:
+        filters: List with the number of filters of each gated layer, in controller order.
+        input_channels: List with the number of input channels of each gated layer.
+        units: Width of the projections and of the LSTM cell.
+        temperature: Temperature of the relaxed gate used for the gradient in training (> 0).
+        seed: Optional int seed of the gate noise.
+        **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
+    """
+
+    def __init__(self, filters, input_channels, units=64, temperature=1.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = _int_list("filters", filters)
+        self.input_channels = _int_list("input_channels", input_channels)
+        if len(self.filters) != len(self.input_channels):
+            raise ValueError(
+                "`filters` and `input_channels` must have one entry per gated layer each. "
+                f"Received: len(filters)={len(self.filters)}, "
+                f"len(input_channels)={len(self.input_channels)}"
+            )
+        self.units = validation.positive_int("units", units)
+        self.temperature = validation.positive_float("temperature", temperature)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        self.seed = seed
+        self.projections = [
+            keras.layers.Dense(self.units, name=f"projection_{i}", dtype=self.dtype_policy)
+            for i in range(len(self.filters))
+        ]
+        self.cell = keras.layers.LSTMCell(self.units, name="cell", dtype=self.dtype_policy)
+        self.heads = [
+            keras.layers.Dense(count, name=f"head_{i}", dtype=self.dtype_policy)
+            for i, count in enumerate(self.filters)
+        ]
+
+    @property
+    def num_gated_layers(self):
+        """The number of gated layers this controller serves."""
+        return len(self.filters)
+
+    def build(self, input_shape):
+        for projection, channels in zip(self.projections, self.input_channels, strict=True):
+            projection.build((None, channels))
+        self.cell.build((None, self.units))
+        for head in self.heads:
+            head.build((None, self.units))
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="gate_noise_seed")
+        self.gate_sums = [
+            self.add_weight(
+                name=f"gate_sum_{i}", shape=(count,), initializer="zeros", trainable=False
+            )
+            for i, count in enumerate(self.filters)
+        ]
+        self.gate_counts = [
+            self.add_weight(name=f"gate_count_{i}", shape=(), initializer="zeros", trainable=False)
+            for i in range(len(self.filters))
+        ]
+
+    def call(self, inputs, states=None, index=0, training=None):
+        if isinstance(index, bool) or not isinstance(index, int) or not (
+            0 <= index < self.num_gated_layers
+        ):
+            raise ValueError(
+                f"`index` must be an int in [0, {self.num_gated_layers}), the position of the "
+                f"gated layer in controller order. Received: index={index!r}"
+            )
+        channels = inputs.shape[-1]
+        if channels != self.input_channels[index]:
+            raise ValueError(
+                f"Gated layer {index} of controller '{self.name}' expects inputs with "
+                f"{self.input_channels[index]} channels. Received: inputs.shape={inputs.shape}"
+            )
+        pooled = ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
+        projected = self.projections[index](pooled)
+        if states is None:
+            zeros = ops.zeros_like(projected)
+            states = [zeros, zeros]
+        hidden, (hidden, cell_state) = self.cell(projected, list(states), training=training)
+        logits = self.heads[index](hidden)
+        gate = sample_gates(
+            logits, temperature=self.temperature, seed=self.seed_generator, training=training
+        )
+        if training:
+            self.gate_sums[index].assign_add(ops.sum(ops.stop_gradient(gate), axis=0))
+            self.gate_counts[index].assign_add(ops.cast(ops.shape(gate)[0], "float32"))
+        return gate, hidden, cell_state
+
+    def gate_statistics(self):
+        """Per gated layer, how often each filter used the fine-tuned branch in training.
+
+        Returns:
+            A list with one NumPy array of shape `(filters[i],)` per gated layer, in controller
+            order: the fraction of training examples, since the last reset, whose gate picked the
+            fine-tuned filter (NaN for a layer that has seen no example).
+        """
+        rates = []
+        for gate_sum, gate_count in zip(self.gate_sums, self.gate_counts, strict=True):
+            count = float(ops.convert_to_numpy(gate_count))
+            total = ops.convert_to_numpy(gate_sum)
+            rates.append(total / count if count else total * float("nan"))
+        return rates
+
+    def reset_gate_statistics(self):
+        """Sets the accumulated gate statistics to zero."""
+        for variable in (*self.gate_sums, *self.gate_counts):
+            variable.assign(ops.zeros_like(variable))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": list(self.filters),
+                "input_channels": list(self.input_channels),
+                "units": self.units,
+                "temperature": self.temperature,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+def _int_list(name, values):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or not len(values):
+        raise ValueError(
+            f"`{name}` must be a non-empty list of positive integers, one per gated layer. "
+            f"Received: {name}={values!r}"
+        )
+    return [validation.positive_int(f"{name}[{i}]", value) for i, value in enumerate(values)]

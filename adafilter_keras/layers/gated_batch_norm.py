@@ -1,0 +1,288 @@
+"""GatedBatchNorm: one batch normalization per branch of an AdaFilterConv2D, mixed by the gate."""
+
+import keras
+from keras import backend, initializers, ops, regularizers
+
+from adafilter_keras import validation
+from adafilter_keras.layers.branches import check_gate, mix_branches, split_branches
+from adafilter_keras.layers.copying import assign_copy
+
+PRETRAINED_BRANCH_MODES = ("frozen", "adapt")
+
+# Weight names, in creation order, of each branch's normalization.
+_STATISTICS = ("moving_mean", "moving_variance")
+
+
+@keras.saving.register_keras_serializable(package="adafilter_keras")
+class GatedBatchNorm(keras.layers.Layer):
+    """Two batch normalizations, one per branch, mixed per example and per filter by a gate.
+
+    Called as `layer([stacked, gate], training=...)`, where `stacked` is the output of an
+    `AdaFilterConv2D` called without a gate, shape `(batch, ..., 2 * filters)` (pre-trained branch
+    first), and `gate` has shape `(batch, filters)`. Returns
+
+        gate * BN_finetuned(finetuned) + (1 - gate) * BN_pretrained(pretrained)
+
+    of shape `(batch, ..., filters)`. Both normalizations run as one normalization over the
+    `2 * filters` stacked channels.
+
+    The fine-tuned branch's normalization behaves like `keras.layers.BatchNormalization`: trainable
+    gamma and beta, batch statistics in training and moving statistics updated from them. The
+    pre-trained branch's depends on `pretrained_branch`:
+
+    * `"frozen"` (default): gamma and beta are not trainable and the stored moving statistics are
+      used in training and inference alike, never updated.
+    * `"adapt"`: it trains and updates its statistics like the fine-tuned branch.
+
+    As with `BatchNormalization`, a layer with `trainable=False` runs both branches in inference
+    mode.
+
+    Args:
+        momentum: Momentum of the moving statistics.
+        epsilon: Small float added to the variance.
+        center: Whether the branches have a beta offset.
+        scale: Whether the branches have a gamma scale.
+        beta_initializer: Initializer for both branches' beta.
+        gamma_initializer: Initializer for both branches' gamma.
+        moving_mean_initializer: Initializer for both branches' moving mean.
+        moving_variance_initializer: Initializer for both branches' moving variance.
+        beta_regularizer: Regularizer for the trainable betas.
+        gamma_regularizer: Regularizer for the trainable gammas.
+        pretrained_branch: `"frozen"` or `"adapt"`, see above.
+        **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
+    """
+
+    def __init__(
+        self,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        pretrained_branch="frozen",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        momentum = float(momentum)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum!r}")
+        self.momentum = momentum
+        self.epsilon = validation.positive_float("epsilon", epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.pretrained_branch = validation.one_of(
+            "pretrained_branch", pretrained_branch, PRETRAINED_BRANCH_MODES
+        )
+        self.supports_masking = False
+
+    @classmethod
+    def from_batch_normalization(cls, bn, **kwargs):
+        """Creates a built `GatedBatchNorm` whose both branches are copies of `bn`.
+
+        Args:
+            bn: A built `keras.layers.BatchNormalization` normalizing the last axis.
+            **kwargs: Overrides for the constructor arguments (for example `pretrained_branch`);
+                by default the new layer takes `bn`'s name and dtype policy.
+
+        Returns:
+            The new layer, built, with gamma, beta and moving statistics of both branches equal to
+            `bn`'s.
+        """
+        if not isinstance(bn, keras.layers.BatchNormalization):
+            raise TypeError(
+                "GatedBatchNorm.from_batch_normalization expects a "
+                f"keras.layers.BatchNormalization. Received: bn={bn!r} of type {type(bn).__name__}"
+            )
+        if not bn.built:
+            raise ValueError(
+                f"BatchNormalization layer '{bn.name}' is not built, so it has no statistics to "
+                "copy. Call it on an input (or use it in a model) first."
+            )
+        rank = getattr(bn.input_spec, "ndim", None)
+        if bn.axis != -1 and bn.axis != (rank or 0) - 1:
+            raise ValueError(
+                f"GatedBatchNorm normalizes the last (channel) axis only; BatchNormalization "
+                f"layer '{bn.name}' normalizes axis {bn.axis}. Received: axis={bn.axis}"
+            )
+        unsupported = {
+            "renorm": bn.renorm,
+            "beta_constraint": bn.beta_constraint,
+            "gamma_constraint": bn.gamma_constraint,
+        }
+        for name, value in unsupported.items():
+            if value:
+                raise ValueError(
+                    f"GatedBatchNorm does not support `{name}`, which BatchNormalization layer "
+                    f"'{bn.name}' uses. Received: {name}={value!r}"
+                )
+        config = bn.get_config()
+        arguments = {
+            key: config[key]
+            for key in (
+                "momentum",
+                "epsilon",
+                "center",
+                "scale",
+                "beta_initializer",
+                "gamma_initializer",
+                "moving_mean_initializer",
+                "moving_variance_initializer",
+                "beta_regularizer",
+                "gamma_regularizer",
+            )
+        }
+        arguments.update(name=bn.name, dtype=bn.dtype_policy)
+        arguments.update(kwargs)
+        layer = cls(**arguments)
+        channels = bn.moving_mean.shape[0]
+        layer.build([(None, 2 * channels), (None, channels)])
+        for branch in ("pretrained", "finetuned"):
+            for name in ("gamma", "beta", *_STATISTICS):
+                source = getattr(bn, name, None)
+                if source is not None:
+                    assign_copy(getattr(layer, f"{branch}_{name}"), source)
+        return layer
+
+    def build(self, input_shape):
+        stacked_shape, gate_shape = self._unpack(input_shape)
+        channels = stacked_shape[-1]
+        if channels is None or channels % 2:
+            raise ValueError(
+                f"Layer '{self.name}' expects the stacked output of an AdaFilterConv2D, whose last "
+                "axis holds 2 * filters channels (an even, known number). "
+                f"Received: input_shape={tuple(stacked_shape)}"
+            )
+        self.filters = channels // 2
+        check_gate(gate_shape, self.filters, self.name)
+        adapt = self.pretrained_branch == "adapt"
+        for branch, trainable in (("pretrained", adapt), ("finetuned", True)):
+            self._add_branch(branch, trainable)
+        self.input_spec = [
+            keras.layers.InputSpec(min_ndim=2, axes={-1: channels}),
+            keras.layers.InputSpec(ndim=2),
+        ]
+
+    def _add_branch(self, branch, trainable):
+        shape = (self.filters,)
+        if self.scale:
+            gamma = self.add_weight(
+                name=f"{branch}_gamma",
+                shape=shape,
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer if trainable else None,
+                trainable=trainable,
+            )
+            setattr(self, f"{branch}_gamma", gamma)
+        if self.center:
+            beta = self.add_weight(
+                name=f"{branch}_beta",
+                shape=shape,
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer if trainable else None,
+                trainable=trainable,
+            )
+            setattr(self, f"{branch}_beta", beta)
+        for name, initializer in zip(
+            _STATISTICS,
+            (self.moving_mean_initializer, self.moving_variance_initializer),
+            strict=True,
+        ):
+            statistic = self.add_weight(
+                name=f"{branch}_{name}",
+                shape=shape,
+                initializer=initializer,
+                trainable=False,
+                autocast=False,
+            )
+            setattr(self, f"{branch}_{name}", statistic)
+
+    def _unpack(self, inputs):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError(
+                f"Layer '{self.name}' must be called on a list [stacked, gate]: the stacked "
+                "output of an AdaFilterConv2D and the gate of shape (batch, filters). "
+                f"Received: inputs={inputs!r}"
+            )
+        return inputs
+
+    def _pair(self, name, dtype):
+        """The pre-trained and fine-tuned copies of one weight, concatenated (None if absent)."""
+        pretrained = getattr(self, f"pretrained_{name}", None)
+        if pretrained is None:
+            return None
+        finetuned = getattr(self, f"finetuned_{name}")
+        return ops.cast(ops.concatenate([pretrained, finetuned]), dtype)
+
+    def call(self, inputs, training=None):
+        stacked, gate = self._unpack(inputs)
+        check_gate(gate.shape, self.filters, self.name)
+        # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
+        stacked = ops.cast(stacked, backend.result_type(stacked.dtype, "float32"))
+        mean = self._pair("moving_mean", stacked.dtype)
+        variance = self._pair("moving_variance", stacked.dtype)
+        if training and self.trainable:
+            axes = list(range(len(stacked.shape) - 1))
+            batch_mean, batch_variance = ops.moments(stacked, axes=axes)
+            pretrained_mean, finetuned_mean = split_branches(batch_mean)
+            pretrained_variance, finetuned_variance = split_branches(batch_variance)
+            self._update_statistics("finetuned", finetuned_mean, finetuned_variance)
+            if self.pretrained_branch == "adapt":
+                self._update_statistics("pretrained", pretrained_mean, pretrained_variance)
+                mean, variance = batch_mean, batch_variance
+            else:
+                mean = ops.concatenate([split_branches(mean)[0], finetuned_mean])
+                variance = ops.concatenate([split_branches(variance)[0], finetuned_variance])
+        outputs = ops.batch_normalization(
+            stacked,
+            mean=mean,
+            variance=variance,
+            axis=-1,
+            offset=self._pair("beta", stacked.dtype),
+            scale=self._pair("gamma", stacked.dtype),
+            epsilon=self.epsilon,
+        )
+        outputs = mix_branches(*split_branches(outputs), gate)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _update_statistics(self, branch, batch_mean, batch_variance):
+        for name, batch_value in zip(_STATISTICS, (batch_mean, batch_variance), strict=True):
+            statistic = getattr(self, f"{branch}_{name}")
+            statistic.assign(
+                statistic * self.momentum + ops.cast(batch_value, statistic.dtype) * (1 - self.momentum)
+            )
+
+    def compute_output_shape(self, input_shape):
+        stacked_shape, _ = self._unpack(input_shape)
+        return (*stacked_shape[:-1], stacked_shape[-1] // 2)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
+                "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
+                "moving_variance_initializer": initializers.serialize(
+                    self.moving_variance_initializer
+                ),
+                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+                "pretrained_branch": self.pretrained_branch,
+            }
+        )
+        return config

@@ -1,0 +1,46 @@
+"""Argument checks shared by the public API.
+
+Every check raises a `ValueError` (or `TypeError` for a wrong kind of value) whose message states the rule
+and echoes the value, in the Keras style: "... Received: filters=0".
+"""
+
+import numbers
+
+
+def positive_int(name, value):
+    """Returns `value` as an `int` if it is a positive integer, else raises `ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+def positive_float(name, value):
+    """Returns `value` as a `float` if it is a finite number > 0, else raises `ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
+    return float(value)
+
+
+def int_pair(name, value):
+    """Returns `value` as a pair of positive ints; a single int is used for both dimensions."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else value
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in pair
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive integer or a pair of positive integers. "
+            f"Received: {name}={value!r}"
+        )
+    return tuple(int(v) for v in pair)
+
+
+def one_of(name, value, choices):
+    """Returns `value` if it is one of `choices`, else raises `ValueError` listing them."""
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {listed}. Received: {name}={value!r}")
+    return value
