@@ -1,7 +1,7 @@
 """Argument checks shared by the public API.
 
-Every check raises a `ValueError` (or `TypeError` for a wrong kind of value) whose message states the rule
-and echoes the value, in the Keras style: "... Received: filters=0".
+Every check raises a `ValueError` whose message states the rule and echoes the value, in the Keras
+style: "... Received: filters=0".
 """
 
 import numbers
@@ -16,7 +16,11 @@ def positive_int(name, value):
 
 def positive_float(name, value):
     """Returns `value` as a `float` if it is a finite number > 0, else raises `ValueError`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 < value < float("inf")
+    ):
         raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
     return float(value)
 

@@ -1,4 +1,4 @@
-"""AdaFilterConv2D: a 2D convolution with a frozen pre-trained kernel and a trainable fine-tuned copy."""
+"""AdaFilterConv2D: a convolution with a frozen pre-trained kernel and a trainable copy."""
 
 import keras
 from keras import activations, initializers, ops, regularizers

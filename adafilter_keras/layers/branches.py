@@ -23,7 +23,8 @@ def mix_branches(pretrained, finetuned, gate):
 
     Returns:
         `gate * finetuned + (1 - gate) * pretrained`. Written this way (not as
-        `pretrained + gate * (finetuned - pretrained)`) so that a 0/1 gate returns a branch bit for bit.
+        `pretrained + gate * (finetuned - pretrained)`) so that a 0/1 gate returns a branch bit
+        for bit.
     """
     gate = ops.cast(gate, pretrained.dtype)
     for _ in range(len(pretrained.shape) - 2):
@@ -36,6 +37,7 @@ def check_gate(gate_shape, filters, layer_name):
     shape = tuple(gate_shape)
     if len(shape) != 2 or (shape[-1] is not None and shape[-1] != filters):
         raise ValueError(
-            f"Layer '{layer_name}' expects a gate of shape (batch, {filters}), one value per filter. "
+            f"Layer '{layer_name}' expects a gate of shape (batch, {filters}), one value per "
+            "filter. "
             f"Received: gate.shape={shape}"
         )

@@ -1,4 +1,4 @@
-"""GateController: the recurrent network that decides, per example and per filter, which branch runs."""
+"""GateController: the recurrent network that picks, per example and per filter, a branch."""
 
 import keras
 from keras import ops
@@ -24,7 +24,8 @@ class GateController(keras.layers.Layer):
     maps the new hidden state through `heads[i]` (a `Dense(filters[i])`) to one logit per filter.
     Gates are exactly 0 or 1 (1 picks the fine-tuned filter): in training by the straight-through
     binary Gumbel estimator at `temperature`, at inference by `1[logit > 0]`. Without `states`
-    the call starts from the zero state, sized from the batch, so the state is reset for every batch.
+    the call starts from the zero state, sized from the batch, so the state is reset for every
+    batch.
 
     In training, the controller also accumulates per layer and per filter how often the fine-tuned
     branch was chosen; `gate_statistics()` reads these and `reset_gate_statistics()` clears them.
@@ -87,8 +88,10 @@ class GateController(keras.layers.Layer):
         ]
 
     def call(self, inputs, states=None, index=0, training=None):
-        if isinstance(index, bool) or not isinstance(index, int) or not (
-            0 <= index < self.num_gated_layers
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not (0 <= index < self.num_gated_layers)
         ):
             raise ValueError(
                 f"`index` must be an int in [0, {self.num_gated_layers}), the position of the "
@@ -133,7 +136,7 @@ class GateController(keras.layers.Layer):
     def reset_gate_statistics(self):
         """Sets the accumulated gate statistics to zero."""
         for variable in (*self.gate_sums, *self.gate_counts):
-            variable.assign(ops.zeros_like(variable))
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def get_config(self):
         config = super().get_config()

@@ -1,4 +1,4 @@
-"""Discrete gates from logits: straight-through binary Gumbel in training, a threshold at inference."""
+"""Discrete gates from logits: straight-through binary Gumbel in training, threshold otherwise."""
 
 from keras import ops, random
 
@@ -31,5 +31,5 @@ def sample_gates(logits, *, temperature, seed, training):
     noisy = logits + ops.log(uniform) - ops.log1p(-uniform)
     soft = ops.sigmoid(noisy / temperature)
     hard = ops.cast(noisy > 0, "float32")
-    # `soft - stop_gradient(soft)` is exactly 0.0 forward, so the forward value is `hard` bit for bit.
+    # `soft - stop_gradient(soft)` is exactly 0.0 forward: the forward value is `hard` bit for bit.
     return hard + (soft - ops.stop_gradient(soft))

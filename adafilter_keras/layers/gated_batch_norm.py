@@ -259,7 +259,8 @@ class GatedBatchNorm(keras.layers.Layer):
         for name, batch_value in zip(_STATISTICS, (batch_mean, batch_variance), strict=True):
             statistic = getattr(self, f"{branch}_{name}")
             statistic.assign(
-                statistic * self.momentum + ops.cast(batch_value, statistic.dtype) * (1 - self.momentum)
+                statistic * self.momentum
+                + ops.cast(batch_value, statistic.dtype) * (1 - self.momentum)
             )
 
     def compute_output_shape(self, input_shape):

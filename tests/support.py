@@ -1,0 +1,120 @@
+"""Helpers shared by the tests: a hand-built AdaFilter CNN, NumPy references and gradients."""
+
+import keras
+import numpy as np
+
+from adafilter_keras import AdaFilterConv2D, GateController, GatedBatchNorm
+
+# (filters, input_channels, strides, kernel_size, followed by a GatedBatchNorm) per gated layer,
+# in controller order.
+SMALL_CNN_LAYERS = [
+    (8, 3, 1, 3, True),  # stem
+    (8, 8, 1, 3, True),  # block 1, conv 1
+    (8, 8, 1, 3, True),  # block 1, conv 2
+    (16, 8, 2, 1, True),  # block 2, projection shortcut
+    (16, 8, 2, 3, True),  # block 2, conv 1
+    (16, 16, 1, 3, True),  # block 2, conv 2
+    (16, 16, 1, 3, False),  # a conv with no BN after it: it mixes the branches itself
+]
+
+
+def build_small_cnn(input_shape=(16, 16, 3), num_classes=3, seed=0, pretrained_branch="frozen"):
+    """A functional residual CNN assembled by hand from the three AdaFilter layers."""
+    controller = GateController(
+        filters=[spec[0] for spec in SMALL_CNN_LAYERS],
+        input_channels=[spec[1] for spec in SMALL_CNN_LAYERS],
+        units=16,
+        seed=seed,
+        name="controller",
+    )
+    state = None
+
+    def gated(x, index, activation=None):
+        nonlocal state
+        filters, _, strides, kernel_size, has_bn = SMALL_CNN_LAYERS[index]
+        gate, hidden, cell = controller(x, states=state, index=index)
+        state = [hidden, cell]
+        conv = AdaFilterConv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            use_bias=not has_bn,
+            activation=None if has_bn else activation,
+            kernel_initializer=keras.initializers.HeNormal(seed=seed + index),
+            name=f"conv_{index}",
+        )
+        if not has_bn:
+            return conv(x, gate)
+        y = GatedBatchNorm(pretrained_branch=pretrained_branch, name=f"bn_{index}")([conv(x), gate])
+        return keras.layers.Activation(activation)(y) if activation else y
+
+    inputs = keras.Input(input_shape)
+    x = gated(inputs, 0, "relu")
+    y = gated(x, 1, "relu")
+    y = gated(y, 2)
+    x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    shortcut = gated(x, 3)
+    y = gated(x, 4, "relu")
+    y = gated(y, 5)
+    x = keras.layers.ReLU()(keras.layers.Add()([shortcut, y]))
+    x = gated(x, 6, "relu")
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, name="head")(x)
+    return keras.Model(inputs, outputs, name="small_adafilter_cnn")
+
+
+def conv2d_reference(x, kernel, bias, strides, padding, dilation_rate=(1, 1)):
+    """Plain NumPy 2D convolution (cross-correlation), channels_last, TensorFlow's padding rule."""
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    (kh, kw, _, filters), (sh, sw), (dh, dw) = kernel.shape, strides, dilation_rate
+    extent_h, extent_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if padding == "same":
+        pads = []
+        for size, extent, stride in ((x.shape[1], extent_h, sh), (x.shape[2], extent_w, sw)):
+            out = -(-size // stride)
+            total = max((out - 1) * stride + extent - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    out_h = (x.shape[1] - extent_h) // sh + 1
+    out_w = (x.shape[2] - extent_w) // sw + 1
+    out = np.zeros((x.shape[0], out_h, out_w, filters))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, i * dh : i * dh + sh * out_h : sh, j * dw : j * dw + sw * out_w : sw, :]
+            out += patch[:, :out_h, :out_w, :] @ kernel[i, j]
+    return out + (0 if bias is None else np.asarray(bias, np.float64))
+
+
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def loss_gradients(model, x, y, loss_fn):
+    """Gradients of `loss_fn(y, model(x, training=True))` for `model.trainable_variables`."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        return [to_numpy(g) for g in tape.gradient(loss, model.trainable_variables)]
+    if backend == "jax":
+        import jax
+
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss_of(trainable):
+            outputs, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            return loss_fn(y, outputs)
+
+        return [
+            to_numpy(g) for g in jax.grad(loss_of)([v.value for v in model.trainable_variables])
+        ]
+    if backend == "torch":
+        for v in model.trainable_variables:
+            v.value.grad = None
+        loss_fn(y, model(x, training=True)).backward()
+        return [to_numpy(v.value.grad) for v in model.trainable_variables]
+    raise NotImplementedError(f"No gradient helper for the {backend} backend")

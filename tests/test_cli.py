@@ -1,0 +1,32 @@
+import subprocess
+import sys
+
+import adafilter_keras
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "adafilter_keras.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_version_prints_the_package_version():
+    result = _run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"adafilter-keras {adafilter_keras.__version__}"
+
+
+def test_help_explains_the_command():
+    result = _run("--help")
+    assert result.returncode == 0
+    assert "usage: adafilter-keras" in result.stdout
+    assert "AdaFilter" in result.stdout and "--version" in result.stdout
+
+
+def test_unknown_option_fails_with_usage():
+    result = _run("--no-such-option")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in result.stderr

@@ -1,0 +1,120 @@
+import keras
+import numpy as np
+import pytest
+from support import to_numpy
+
+from adafilter_keras import GateController
+from adafilter_keras.layers.gate_sampling import sample_gates
+
+
+def _controller(**kwargs):
+    kwargs = {"filters": [4, 6], "input_channels": [3, 4], "units": 8, "seed": 3, **kwargs}
+    return GateController(**kwargs)
+
+
+def _run_chain(controller, xs, training):
+    gates, states = [], None
+    for index, x in enumerate(xs):
+        gate, hidden, cell = controller(x, states=states, index=index, training=training)
+        gates.append(to_numpy(gate))
+        states = [hidden, cell]
+    return gates
+
+
+def _inputs(rng, batch=5):
+    return [rng.normal(size=(batch, 7, 7, 3)), rng.normal(size=(batch, 4, 4, 4))]
+
+
+def test_training_gates_are_exactly_zero_or_one(rng):
+    controller = _controller()
+    for gate in _run_chain(controller, _inputs(rng), training=True):
+        assert set(np.unique(gate)) <= {0.0, 1.0}
+        assert gate.dtype == np.float32
+
+
+def test_inference_gates_are_deterministic_and_threshold_the_logits(rng):
+    controller = _controller()
+    xs = [x.astype("float32") for x in _inputs(rng)]
+    first, second = _run_chain(controller, xs, False), _run_chain(controller, xs, False)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # Recompute the logits by hand: pool -> projection -> shared LSTM cell -> head.
+    states = [np.zeros((5, 8), "float32")] * 2
+    for index, x in enumerate(xs):
+        projected = controller.projections[index](x.mean(axis=(1, 2)))
+        hidden, states = controller.cell(projected, states)
+        logits = to_numpy(controller.heads[index](hidden))
+        np.testing.assert_array_equal(first[index], (logits > 0).astype("float32"))
+
+
+def test_state_is_threaded_between_layers(rng):
+    controller = _controller()
+    x0, x1 = [x.astype("float32") for x in _inputs(rng)]
+    _, hidden, cell = controller(x0, index=0)
+    with_state = controller.heads[1](controller(x1, states=[hidden, cell], index=1)[1])
+    without_state = controller.heads[1](controller(x1, index=1)[1])
+    assert not np.allclose(to_numpy(with_state), to_numpy(without_state))
+
+
+def test_gumbel_gates_follow_the_sigmoid_of_the_logits():
+    logits = np.tile(np.array([[-2.0, -0.5, 0.0, 1.0, 3.0]], "float32"), (20000, 1))
+    seed = keras.random.SeedGenerator(7)
+    gates = to_numpy(sample_gates(logits, temperature=0.5, seed=seed, training=True))
+    assert set(np.unique(gates)) == {0.0, 1.0}
+    expected = 1 / (1 + np.exp(-logits[0]))
+    np.testing.assert_allclose(gates.mean(axis=0), expected, atol=0.015)
+    again = to_numpy(sample_gates(logits, temperature=0.5, seed=seed, training=True))
+    assert not np.array_equal(gates, again)  # the generator advances: fresh noise each step
+
+
+def test_statistics_accumulate_in_training_only_and_reset(rng):
+    controller = _controller()
+    xs = _inputs(rng, batch=4)
+    gates = _run_chain(controller, xs, training=True)
+    _run_chain(controller, xs, training=False)
+    gates_2 = _run_chain(controller, xs, training=True)
+    rates = controller.gate_statistics()
+    assert [r.shape for r in rates] == [(4,), (6,)]
+    for rate, a, b in zip(rates, gates, gates_2, strict=True):
+        np.testing.assert_allclose(rate, np.concatenate([a, b]).mean(axis=0), rtol=1e-6)
+    controller.reset_gate_statistics()
+    assert all(np.isnan(r).all() for r in controller.gate_statistics())
+
+
+def test_config_round_trip():
+    controller = _controller(temperature=0.3, name="ctrl")
+    config = controller.get_config()
+    clone = GateController.from_config(config)
+    assert clone.get_config() == config
+    assert clone.filters == [4, 6] and clone.temperature == 0.3 and clone.seed == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=0), "Received: temperature=0"),
+        (dict(temperature=-1.5), "Received: temperature=-1.5"),
+        (dict(units=0), "Received: units=0"),
+        (dict(filters=[4, 0]), r"Received: filters\[1\]=0"),
+        (dict(filters=[]), r"Received: filters=\[\]"),
+        (dict(filters=[4]), "one entry per gated layer"),
+        (dict(seed="x"), "Received: seed='x'"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _controller(**kwargs)
+
+
+def test_bad_calls_are_refused(rng):
+    controller = _controller(name="ctrl")
+    x0, x1 = _inputs(rng)
+    with pytest.raises(ValueError, match=r"index.*\[0, 2\).*Received: index=2"):
+        controller(x0, index=2)
+    with pytest.raises(
+        ValueError, match="Gated layer 1 of controller 'ctrl' expects inputs with 4"
+    ):
+        controller(x0, index=1)
+    with pytest.raises(ValueError, match="expects inputs with 3 channels"):
+        controller(keras.Input((8, 8, 5)), index=0)

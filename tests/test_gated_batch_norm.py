@@ -1,0 +1,162 @@
+import keras
+import numpy as np
+import pytest
+from support import to_numpy
+
+from adafilter_keras import GatedBatchNorm
+
+EPSILON = 1e-3
+
+
+def _bn_reference(x, mean, variance, gamma, beta):
+    return (x - mean) / np.sqrt(variance + EPSILON) * gamma + beta
+
+
+def _layer_with_distinct_branches(rng, filters=4, **kwargs):
+    layer = GatedBatchNorm(epsilon=EPSILON, **kwargs)
+    layer.build([(None, 5, 5, 2 * filters), (None, filters)])
+    for variable in layer.weights:
+        low = 0.5 if "variance" in variable.path or "gamma" in variable.path else -1.0
+        variable.assign(rng.uniform(low, 1.5, size=variable.shape))
+    return layer
+
+
+def _branch(layer, branch):
+    names = ("moving_mean", "moving_variance", "gamma", "beta")
+    return [to_numpy(getattr(layer, f"{branch}_{name}")) for name in names]
+
+
+def test_inference_matches_reference_per_branch_and_gate(rng):
+    layer = _layer_with_distinct_branches(rng)
+    x = rng.normal(size=(3, 5, 5, 8)).astype("float32")
+    pretrained = _bn_reference(x[..., :4], *_branch(layer, "pretrained"))
+    finetuned = _bn_reference(x[..., 4:], *_branch(layer, "finetuned"))
+    zeros = np.zeros((3, 4), "float32")
+    np.testing.assert_allclose(to_numpy(layer([x, zeros])), pretrained, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer([x, zeros + 1])), finetuned, rtol=1e-5, atol=1e-5)
+    gate = rng.integers(0, 2, size=(3, 4)).astype("float32")
+    expected = np.where(gate[:, None, None, :] == 1, finetuned, pretrained)
+    np.testing.assert_allclose(to_numpy(layer([x, gate])), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "adapt"])
+def test_training_uses_batch_statistics_per_mode(rng, mode):
+    layer = _layer_with_distinct_branches(rng, pretrained_branch=mode, momentum=0.9)
+    pretrained_before, finetuned_before = _branch(layer, "pretrained"), _branch(layer, "finetuned")
+    x = rng.normal(1.0, 2.0, size=(6, 5, 5, 8)).astype("float32")
+    batch_mean, batch_variance = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+
+    out_pretrained = to_numpy(layer([x, np.zeros((6, 4), "float32")], training=True))
+    mean, variance, gamma, beta = pretrained_before
+    if mode == "adapt":
+        mean, variance = batch_mean[:4], batch_variance[:4]
+    np.testing.assert_allclose(
+        out_pretrained, _bn_reference(x[..., :4], mean, variance, gamma, beta), rtol=1e-4, atol=1e-4
+    )
+
+    _, _, gamma, beta = finetuned_before
+    out_finetuned = to_numpy(layer([x, np.ones((6, 4), "float32")], training=True))
+    np.testing.assert_allclose(
+        out_finetuned,
+        _bn_reference(x[..., 4:], batch_mean[4:], batch_variance[4:], gamma, beta),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+    # Two training calls: each moved the statistics by momentum 0.9 toward the batch's.
+    expected_mean = finetuned_before[0]
+    for _ in range(2):
+        expected_mean = 0.9 * expected_mean + 0.1 * batch_mean[4:]
+    np.testing.assert_allclose(to_numpy(layer.finetuned_moving_mean), expected_mean, rtol=1e-5)
+    if mode == "frozen":
+        for before, after in zip(pretrained_before, _branch(layer, "pretrained"), strict=True):
+            np.testing.assert_array_equal(before, after)
+    else:
+        assert not np.allclose(to_numpy(layer.pretrained_moving_mean), pretrained_before[0])
+
+
+def test_trainable_weights_per_mode():
+    def trainable_names(mode):
+        layer = GatedBatchNorm(pretrained_branch=mode)
+        layer.build([(None, 4, 4, 6), (None, 3)])
+        return sorted(v.path.split("/")[-1] for v in layer.trainable_weights)
+
+    assert trainable_names("frozen") == ["finetuned_beta", "finetuned_gamma"]
+    assert trainable_names("adapt") == sorted(
+        ["pretrained_gamma", "pretrained_beta", "finetuned_gamma", "finetuned_beta"]
+    )
+
+
+def test_non_trainable_layer_runs_in_inference_mode(rng):
+    layer = _layer_with_distinct_branches(rng)
+    layer.trainable = False
+    x = rng.normal(size=(2, 5, 5, 8)).astype("float32")
+    gate = np.ones((2, 4), "float32")
+    before = to_numpy(layer.finetuned_moving_mean)
+    np.testing.assert_allclose(
+        to_numpy(layer([x, gate], training=True)), to_numpy(layer([x, gate])), rtol=1e-6
+    )
+    np.testing.assert_array_equal(to_numpy(layer.finetuned_moving_mean), before)
+
+
+@pytest.mark.parametrize("center, scale", [(True, True), (False, True), (True, False)])
+def test_from_batch_normalization_reproduces_inference_for_any_gate(rng, center, scale):
+    bn = keras.layers.BatchNormalization(epsilon=1.001e-5, center=center, scale=scale, name="bn")
+    x = rng.normal(size=(4, 3, 3, 5)).astype("float32")
+    bn(x)
+    for variable in bn.weights:
+        variable.assign(rng.uniform(0.5, 2.0, size=variable.shape))
+    expected = to_numpy(bn(x))
+    layer = GatedBatchNorm.from_batch_normalization(bn)
+    assert layer.name == "bn" and layer.epsilon == bn.epsilon
+    stacked = np.concatenate([x, x], axis=-1)
+    for gate in (np.zeros((4, 5)), np.ones((4, 5)), rng.integers(0, 2, (4, 5)), rng.random((4, 5))):
+        np.testing.assert_allclose(
+            to_numpy(layer([stacked, gate.astype("float32")])), expected, rtol=1e-6, atol=1e-6
+        )
+
+
+def test_from_batch_normalization_refuses_unsupported_layers():
+    with pytest.raises(TypeError, match="expects a keras.layers.BatchNormalization"):
+        GatedBatchNorm.from_batch_normalization(keras.layers.LayerNormalization())
+    with pytest.raises(ValueError, match="'unbuilt' is not built"):
+        GatedBatchNorm.from_batch_normalization(keras.layers.BatchNormalization(name="unbuilt"))
+    channels_first = keras.layers.BatchNormalization(axis=1, name="cf")
+    channels_first.build((None, 4, 8, 8))
+    with pytest.raises(ValueError, match="'cf' normalizes axis 1"):
+        GatedBatchNorm.from_batch_normalization(channels_first)
+    renorm = keras.layers.BatchNormalization(renorm=True, name="rn")
+    renorm.build((None, 8, 8, 4))
+    with pytest.raises(ValueError, match="renorm"):
+        GatedBatchNorm.from_batch_normalization(renorm)
+
+
+def test_config_round_trip():
+    layer = GatedBatchNorm(momentum=0.9, epsilon=1e-5, center=False, pretrained_branch="adapt")
+    config = layer.get_config()
+    clone = GatedBatchNorm.from_config(config)
+    assert clone.get_config() == config
+    assert clone.pretrained_branch == "adapt" and not clone.center
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(pretrained_branch="train"), "Received: pretrained_branch='train'"),
+        (dict(momentum=1.5), "Received: momentum=1.5"),
+        (dict(epsilon=0), "Received: epsilon=0"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GatedBatchNorm(**kwargs)
+
+
+def test_bad_inputs_are_refused(rng):
+    layer = GatedBatchNorm(name="gbn")
+    with pytest.raises(ValueError, match=r"gate of shape \(batch, 4\).*gate.shape=\(2, 3\)"):
+        layer([np.zeros((2, 3, 3, 8), "float32"), np.zeros((2, 3), "float32")])
+    with pytest.raises(ValueError, match="2 \\* filters channels"):
+        GatedBatchNorm()([np.zeros((2, 3, 3, 7), "float32"), np.zeros((2, 3), "float32")])
+    with pytest.raises(ValueError, match=r"called on a list \[stacked, gate\]"):
+        GatedBatchNorm()(np.zeros((2, 3, 3, 8), "float32"))
