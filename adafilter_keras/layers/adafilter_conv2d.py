@@ -5,7 +5,6 @@ from keras import activations, initializers, ops, regularizers
 
 from adafilter_keras import validation
 from adafilter_keras.layers.branches import check_gate, mix_branches, split_branches
-from adafilter_keras.layers.copying import assign_copy
 
 
 @keras.saving.register_keras_serializable(package="adafilter_keras")
@@ -158,11 +157,13 @@ class AdaFilterConv2D(keras.layers.Layer):
         arguments.update(kwargs)
         layer = cls(**arguments)
         kernel = ops.convert_to_tensor(conv.kernel)
-        layer.build((None, None, None, kernel.shape[2]))
-        for branch in ("pretrained", "finetuned"):
-            assign_copy(getattr(layer, f"{branch}_kernel"), kernel)
-            if layer.use_bias:
-                assign_copy(getattr(layer, f"{branch}_bias"), conv.bias)
+        # Build straight from conv's values: drawing from the initializers first would waste
+        # most of the time wrap() takes.
+        layer._initial_values = {"kernel": kernel, "bias": conv.bias if layer.use_bias else None}
+        try:
+            layer.build((None, None, None, kernel.shape[2]))
+        finally:
+            del layer._initial_values
         return layer
 
     def build(self, input_shape):
@@ -183,12 +184,15 @@ class AdaFilterConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
 
     def _add_pair(self, name, shape, initializer, regularizer):
-        # One draw from the initializer seeds both weights, so the branches start equal.
-        value = initializer(shape, dtype=self.variable_dtype)
+        # One value seeds both weights, so the branches start equal.
+        value = getattr(self, "_initial_values", {}).get(name)
+        if value is None:
+            value = initializer(shape, dtype=self.variable_dtype)
+        value = ops.cast(value, self.variable_dtype)
         pretrained = self.add_weight(
             name=f"pretrained_{name}",
             shape=shape,
-            initializer=lambda shape, dtype=None: value,
+            initializer=lambda shape, dtype=None: ops.copy(value),
             trainable=False,
         )
         finetuned = self.add_weight(
@@ -218,6 +222,23 @@ class AdaFilterConv2D(keras.layers.Layer):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+    def compute_output_spec(self, inputs, gate=None):
+        if gate is not None:
+            check_gate(gate.shape, self.filters, self.name)
+        spatial = []
+        for size, kernel, stride, dilation in zip(
+            inputs.shape[1:3], self.kernel_size, self.strides, self.dilation_rate, strict=True
+        ):
+            if size is None:
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append(-(-size // stride))
+            else:
+                spatial.append((size - (kernel - 1) * dilation - 1) // stride + 1)
+        channels = self.filters if gate is not None else 2 * self.filters
+        shape = (inputs.shape[0], *spatial, channels)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

@@ -36,10 +36,21 @@ class GateController(keras.layers.Layer):
         units: Width of the projections and of the LSTM cell.
         temperature: Temperature of the relaxed gate used for the gradient in training (> 0).
         seed: Optional int seed of the gate noise.
+        layer_names: Optional list with a name for each gated layer (for summaries and logs);
+            defaults to `"gated_layer_{i}"`.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
     """
 
-    def __init__(self, filters, input_channels, units=64, temperature=1.0, seed=None, **kwargs):
+    def __init__(
+        self,
+        filters,
+        input_channels,
+        units=64,
+        temperature=1.0,
+        seed=None,
+        layer_names=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.filters = _int_list("filters", filters)
         self.input_channels = _int_list("input_channels", input_channels)
@@ -54,6 +65,14 @@ class GateController(keras.layers.Layer):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
         self.seed = seed
+        if layer_names is None:
+            layer_names = [f"gated_layer_{i}" for i in range(len(self.filters))]
+        if isinstance(layer_names, str) or len(layer_names) != len(self.filters):
+            raise ValueError(
+                "`layer_names` must be a list with one name per gated layer. "
+                f"Received: layer_names={layer_names!r} for {len(self.filters)} gated layers"
+            )
+        self.layer_names = [str(name) for name in layer_names]
         self.projections = [
             keras.layers.Dense(self.units, name=f"projection_{i}", dtype=self.dtype_policy)
             for i in range(len(self.filters))
@@ -87,11 +106,9 @@ class GateController(keras.layers.Layer):
             for i in range(len(self.filters))
         ]
 
-    def call(self, inputs, states=None, index=0, training=None):
-        if (
-            isinstance(index, bool)
-            or not isinstance(index, int)
-            or not (0 <= index < self.num_gated_layers)
+    def _check_call(self, inputs, index):
+        if isinstance(index, bool) or not isinstance(index, int) or not (
+            0 <= index < self.num_gated_layers
         ):
             raise ValueError(
                 f"`index` must be an int in [0, {self.num_gated_layers}), the position of the "
@@ -103,6 +120,9 @@ class GateController(keras.layers.Layer):
                 f"Gated layer {index} of controller '{self.name}' expects inputs with "
                 f"{self.input_channels[index]} channels. Received: inputs.shape={inputs.shape}"
             )
+
+    def call(self, inputs, states=None, index=0, training=None):
+        self._check_call(inputs, index)
         pooled = ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
         projected = self.projections[index](pooled)
         if states is None:
@@ -117,6 +137,13 @@ class GateController(keras.layers.Layer):
             self.gate_sums[index].assign_add(ops.sum(ops.stop_gradient(gate), axis=0))
             self.gate_counts[index].assign_add(ops.cast(ops.shape(gate)[0], "float32"))
         return gate, hidden, cell_state
+
+    def compute_output_spec(self, inputs, states=None, index=0, training=None):
+        self._check_call(inputs, index)
+        batch = inputs.shape[0]
+        state = keras.KerasTensor((batch, self.units), dtype=self.compute_dtype)
+        gate = keras.KerasTensor((batch, self.filters[index]), dtype="float32")
+        return gate, state, keras.KerasTensor(state.shape, dtype=state.dtype)
 
     def gate_statistics(self):
         """Per gated layer, how often each filter used the fine-tuned branch in training.
@@ -147,6 +174,7 @@ class GateController(keras.layers.Layer):
                 "units": self.units,
                 "temperature": self.temperature,
                 "seed": self.seed,
+                "layer_names": list(self.layer_names),
             }
         )
         return config
