@@ -1,6 +1,9 @@
 """Looking inside a model that uses AdaFilter layers."""
 
+import collections
+
 import keras
+import numpy as np
 
 from adafilter_keras.layers.gate_controller import GateController
 
@@ -53,3 +56,43 @@ def _walk(model):
         yield layer
         if isinstance(layer, keras.Model):
             yield from _walk(layer)
+
+
+GatedLayer = collections.namedtuple("GatedLayer", ["index", "name", "filters", "input_channels"])
+
+
+def gated_layers(model):
+    """Lists the gated layers of an AdaFilter model in controller order.
+
+    Args:
+        model: A model returned by `wrap()` (or any model with one `GateController`).
+
+    Returns:
+        A list of `GatedLayer(index, name, filters, input_channels)` named tuples.
+    """
+    controller = find_controller(model)
+    return [
+        GatedLayer(index, name, filters, channels)
+        for index, (name, filters, channels) in enumerate(
+            zip(controller.layer_names, controller.filters, controller.input_channels, strict=True)
+        )
+    ]
+
+
+def count_parameters(model):
+    """Counts the parameters of a model, with the gate controller's apart.
+
+    Returns:
+        A dict with `total`, `trainable` and `non_trainable` parameter counts of `model`, and
+        `controller`, the trainable parameters of its `GateController` (0 if it has none), which
+        are included in `trainable`.
+    """
+    size = lambda variables: int(sum(np.prod(v.shape) for v in variables))  # noqa: E731
+    controllers = [layer for layer in _walk(model) if isinstance(layer, GateController)]
+    trainable, non_trainable = size(model.trainable_weights), size(model.non_trainable_weights)
+    return {
+        "total": trainable + non_trainable,
+        "trainable": trainable,
+        "non_trainable": non_trainable,
+        "controller": sum(size(c.trainable_weights) for c in controllers),
+    }

@@ -118,3 +118,51 @@ def loss_gradients(model, x, y, loss_fn):
         loss_fn(y, model(x, training=True)).backward()
         return [to_numpy(v.value.grad) for v in model.trainable_variables]
     raise NotImplementedError(f"No gradient helper for the {backend} backend")
+
+
+def build_plain_resnet(input_shape=(32, 32, 3), num_classes=4, name="plain_resnet"):
+    """A small residual CNN of plain Keras layers, built the way keras.applications does."""
+    layers = keras.layers
+
+    def block(x, filters, stride, prefix):
+        shortcut = x
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, strides=stride, name=f"{prefix}_0_conv")(x)
+            shortcut = layers.BatchNormalization(name=f"{prefix}_0_bn")(shortcut)
+        y = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{prefix}_1_conv")(x)
+        y = layers.Activation("relu")(layers.BatchNormalization(name=f"{prefix}_1_bn")(y))
+        y = layers.Conv2D(filters, 3, padding="same", name=f"{prefix}_2_conv")(y)
+        y = layers.BatchNormalization(name=f"{prefix}_2_bn")(y)
+        return layers.Activation("relu")(layers.Add(name=f"{prefix}_add")([shortcut, y]))
+
+    inputs = keras.Input(input_shape)
+    x = layers.ZeroPadding2D(1)(inputs)
+    x = layers.Conv2D(8, 3, strides=2, name="stem_conv")(x)
+    x = layers.Activation("relu")(layers.BatchNormalization(name="stem_bn")(x))
+    x = layers.MaxPooling2D(2)(x)
+    x = block(x, 8, 1, "block1")
+    x = block(x, 16, 2, "block2")
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(num_classes, name="head")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def randomize_batch_norms(model, seed=0):
+    """Gives every BatchNormalization non-trivial statistics, gamma and beta."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0, 0.2, shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, shape))
+            if layer.scale:
+                layer.gamma.assign(rng.uniform(0.5, 1.5, shape))
+            if layer.center:
+                layer.beta.assign(rng.normal(0, 0.2, shape))
+    return model
+
+
+def relative_difference(expected, actual):
+    """max |expected - actual| / max |expected|."""
+    expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    return float(np.max(np.abs(expected - actual)) / np.max(np.abs(expected)))

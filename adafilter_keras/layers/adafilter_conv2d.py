@@ -158,12 +158,14 @@ class AdaFilterConv2D(keras.layers.Layer):
         layer = cls(**arguments)
         kernel = ops.convert_to_tensor(conv.kernel)
         # Build straight from conv's values: drawing from the initializers first would waste
-        # most of the time wrap() takes.
-        layer._initial_values = {"kernel": kernel, "bias": conv.bias if layer.use_bias else None}
+        # most of the time wrap() takes. The initializers are restored for get_config().
+        initializers_kept = layer.kernel_initializer, layer.bias_initializer
+        layer.kernel_initializer = _Values(kernel)
+        layer.bias_initializer = _Values(conv.bias if layer.use_bias else None)
         try:
             layer.build((None, None, None, kernel.shape[2]))
         finally:
-            del layer._initial_values
+            layer.kernel_initializer, layer.bias_initializer = initializers_kept
         return layer
 
     def build(self, input_shape):
@@ -184,11 +186,8 @@ class AdaFilterConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
 
     def _add_pair(self, name, shape, initializer, regularizer):
-        # One value seeds both weights, so the branches start equal.
-        value = getattr(self, "_initial_values", {}).get(name)
-        if value is None:
-            value = initializer(shape, dtype=self.variable_dtype)
-        value = ops.cast(value, self.variable_dtype)
+        # One draw seeds both weights, so the branches start equal.
+        value = initializer(shape, dtype=self.variable_dtype)
         pretrained = self.add_weight(
             name=f"pretrained_{name}",
             shape=shape,
@@ -262,3 +261,13 @@ class AdaFilterConv2D(keras.layers.Layer):
             }
         )
         return config
+
+
+class _Values(initializers.Initializer):
+    """Returns given values: builds a layer straight from another layer's weights."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __call__(self, shape, dtype=None):
+        return ops.cast(self.values, dtype)

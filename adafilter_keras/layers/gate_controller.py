@@ -107,8 +107,10 @@ class GateController(keras.layers.Layer):
         ]
 
     def _check_call(self, inputs, index):
-        if isinstance(index, bool) or not isinstance(index, int) or not (
-            0 <= index < self.num_gated_layers
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not (0 <= index < self.num_gated_layers)
         ):
             raise ValueError(
                 f"`index` must be an int in [0, {self.num_gated_layers}), the position of the "

@@ -1,0 +1,3 @@
+from adafilter_keras.wrapping.wrap import wrap
+
+__all__ = ["wrap"]

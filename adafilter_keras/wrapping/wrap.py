@@ -1,0 +1,307 @@
+"""`wrap()`: rewrite a pre-trained functional CNN into an AdaFilter model."""
+
+import dataclasses
+import warnings
+
+import keras
+
+from adafilter_keras import validation
+from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm
+from adafilter_keras.layers.gated_batch_norm import PRETRAINED_BRANCH_MODES
+from adafilter_keras.wrapping import targets as target_selection
+from adafilter_keras.wrapping.graph import FunctionalGraph, call_arguments, is_functional
+from adafilter_keras.wrapping.targets import describe
+
+
+def wrap(
+    model,
+    *,
+    targets=None,
+    exclude=None,
+    controller_units=64,
+    temperature=1.0,
+    pretrained_bn="frozen",
+    seed=None,
+):
+    """Turns a pre-trained functional CNN into an AdaFilter model.
+
+    Returns a new functional model in which each targeted `Conv2D` is an `AdaFilterConv2D` (frozen
+    pre-trained kernel plus a trainable fine-tuned copy, both equal to the original kernel), each
+    `BatchNormalization` that directly and only consumes a targeted conv is a `GatedBatchNorm`
+    (both branches copies of the original), a targeted conv with no such BN mixes its branches
+    itself, and one `GateController` computes the gates, its LSTM state threaded through the
+    gated layers in controller order. Every other layer is a copy of the original with the same
+    weights and `trainable` flag. Right after wrapping, the new model's inference outputs equal the
+    original's.
+
+    Controller order: a breadth-first walk of the graph from the inputs that visits the consumers
+    of each layer in the order they were connected, i.e. the order in which the layers were called
+    when the model was built. For `keras.applications` ResNets: the stem first, then in each block
+    the shortcut projection (if any) before convs 1, 2, 3. `gated_layers(model)` lists it.
+
+    The model passed in is not modified. A backbone nested in a functional model (the
+    "backbone + new head" pattern) is wrapped in place; if the outer model called it with
+    `training=False`, that argument is dropped (with a warning) so the gates and the fine-tuned
+    batch normalizations can train.
+
+    Args:
+        model: A built functional (or Sequential) `keras.Model`.
+        targets: Which convolutions to gate. None: every `Conv2D`. Otherwise a layer name, a
+            regular expression (matched in full against `Conv2D` names), a callable on the layer,
+            or a list of these.
+        exclude: Convolutions not to gate, in the same forms as `targets`.
+        controller_units: Width of the controller's projections and LSTM cell.
+        temperature: Temperature of the straight-through Gumbel gates (> 0).
+        pretrained_bn: `"frozen"` or `"adapt"`: the mode of the pre-trained branch of every
+            `GatedBatchNorm` (see `GatedBatchNorm`).
+        seed: Optional int seed of the gate noise.
+
+    Returns:
+        A new functional `keras.Model` with the same inputs, outputs and name.
+
+    Raises:
+        TypeError: If `model` is not a functional or Sequential Keras model.
+        ValueError: If a targeted layer is shared, unsupported or not a `Conv2D`, or nothing is
+            targeted. All checks run before anything is built.
+    """
+    options = _Options(
+        units=validation.positive_int("controller_units", controller_units),
+        temperature=validation.positive_float("temperature", temperature),
+        pretrained_bn=validation.one_of("pretrained_bn", pretrained_bn, PRETRAINED_BRANCH_MODES),
+        seed=_check_seed(seed),
+    )
+    model = _as_functional(model)
+    plan = _plan(model, targets, exclude)
+    return _Rewriter(plan, options).rebuild(model)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    units: int
+    temperature: float
+    pretrained_bn: str
+    seed: int | None
+
+
+@dataclasses.dataclass
+class _Plan:
+    owner: keras.Model  # the (sub)model whose graph holds the gated convs
+    path: set  # ids of the models from the top model down to the owner
+    convs: list  # the gated Conv2D layers, in controller order
+    paired_bn: dict  # id(conv) -> the BatchNormalization that becomes its GatedBatchNorm
+
+
+def _check_seed(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    return seed
+
+
+def _as_functional(model):
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"Sequential model '{model.name}' has no defined input. Start it with "
+                "keras.Input(shape) (or build it) before wrapping."
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not is_functional(model):
+        raise TypeError(
+            f"wrap() needs a functional Keras model (built from keras.Input), whose graph it can "
+            f"rewrite. Model '{getattr(model, 'name', model)}' of type {type(model).__name__} is "
+            "subclassed (its graph lives in Python code). Rebuild it with the functional API, "
+            "or assemble it from AdaFilterConv2D / GatedBatchNorm / GateController yourself."
+        )
+    return model
+
+
+def _plan(model, targets, exclude):
+    """Finds what to rewrite and runs every check, building nothing."""
+    graphs = {}  # id(model) -> FunctionalGraph, for the top model and every nested functional one
+    parents = {}  # id(nested model) -> the model that calls it
+    owners = {}  # id(layer) -> the model whose graph calls it
+    candidates = []
+
+    def visit(current):
+        graph = graphs[id(current)] = FunctionalGraph(current)
+        for layer in graph.layers():
+            candidates.append(layer)
+            owners[id(layer)] = current
+            if is_functional(layer) and id(layer) not in graphs:
+                parents[id(layer)] = current
+                visit(layer)
+
+    visit(model)
+    searched = f"model '{model.name}'" + (" and its nested models" if len(graphs) > 1 else "")
+    convs = target_selection.select(candidates, targets, exclude, where=searched)
+
+    owner_ids = {id(owners[id(conv)]) for conv in convs}
+    if len(owner_ids) > 1:
+        places = sorted({f"'{owners[id(conv)].name}'" for conv in convs})
+        raise ValueError(
+            "The targeted convolutions lie in more than one (nested) model: "
+            f"{', '.join(places)}. One controller serves one model graph: choose `targets` "
+            "(or `exclude`) so that they all lie in one of them."
+        )
+    owner = owners[id(convs[0])]
+    graph = graphs[id(owner)]
+    path, current = {id(owner)}, owner
+    while id(current) in parents:
+        parent = parents[id(current)]
+        if len(graphs[id(parent)].nodes_of(current)) != 1:
+            raise ValueError(
+                f"Nested model '{current.name}' is called at more than one place in model "
+                f"'{parent.name}' (a shared model); wrap() cannot give each call its own gates."
+            )
+        path.add(id(parent))
+        current = parent
+
+    paired_bn = {}
+    for conv in convs:
+        _check_conv(conv, graph)
+        bn = _following_batch_norm(conv, graph)
+        if bn is not None:
+            paired_bn[id(conv)] = bn
+    return _Plan(owner=owner, path=path, convs=convs, paired_bn=paired_bn)
+
+
+def _check_conv(conv, graph):
+    nodes = graph.nodes_of(conv)
+    if len(nodes) != 1:
+        raise ValueError(
+            f"Layer {describe(conv)} is called at {len(nodes)} places in model "
+            f"'{graph.model.name}' (a shared layer); wrap() cannot give each call its own gates. "
+            "Exclude it with `exclude=[...]`."
+        )
+    config = conv.get_config()
+    problems = []
+    if config.get("groups", 1) != 1:
+        problems.append(f"groups={config['groups']}")
+    if conv.data_format != "channels_last":
+        problems.append(f"data_format={conv.data_format!r}")
+    for name in ("kernel_constraint", "bias_constraint"):
+        if config.get(name) is not None:
+            problems.append(f"{name}={getattr(conv, name)!r}")
+    if getattr(conv, "lora_enabled", False):
+        problems.append("LoRA enabled")
+    if problems:
+        raise ValueError(
+            f"Layer {describe(conv)} cannot be gated: AdaFilterConv2D supports channels_last, "
+            f"groups=1 and no weight constraints. Exclude it with `exclude=[{conv.name!r}]`. "
+            f"Received: {', '.join(problems)}"
+        )
+
+
+def _following_batch_norm(conv, graph):
+    """The BatchNormalization that directly and only consumes `conv`'s output, if supported."""
+    (node,) = graph.nodes_of(conv)
+    children = graph.children(node)
+    if len(children) != 1:
+        return None
+    bn = children[0].operation
+    if not isinstance(bn, keras.layers.BatchNormalization) or len(graph.nodes_of(bn)) != 1:
+        return None
+    args = children[0].arguments
+    if len(args.keras_tensors) != 1 or bn.renorm or bn.beta_constraint or bn.gamma_constraint:
+        return None
+    if bn.axis not in (-1, len(node.outputs[0].shape) - 1):
+        return None
+    return bn
+
+
+class _Rewriter:
+    """Rebuilds the models on the path to the owner; clones everything else with its weights."""
+
+    def __init__(self, plan, options):
+        self.plan = plan
+        self.options = options
+        self.gated = {id(conv): index for index, conv in enumerate(plan.convs)}
+        self.bn_to_conv = {id(bn): conv_id for conv_id, bn in plan.paired_bn.items()}
+        self.clones = {}  # id(original layer) -> its copy, so shared layers stay shared
+
+    def rebuild(self, model):
+        graph = FunctionalGraph(model)
+        inputs = keras.tree.map_structure(
+            lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), model.input
+        )
+        tensors = {
+            id(old): new for old, new in zip(model.inputs, keras.tree.flatten(inputs), strict=True)
+        }
+        controller = self._controller(model) if model is self.plan.owner else None
+        state, gates = None, {}
+        for node in graph.nodes:
+            if node.is_input:
+                continue
+            layer = node.operation
+            args, kwargs = call_arguments(node, tensors)
+            if id(layer) in self.gated:
+                index = self.gated[id(layer)]
+                gate, hidden, cell = controller(args[0], states=state, index=index)
+                state = [hidden, cell]
+                conv = AdaFilterConv2D.from_conv2d(layer)
+                if id(layer) in self.plan.paired_bn:
+                    gates[id(layer)] = gate
+                    outputs = conv(*args, **kwargs)
+                else:
+                    outputs = conv(*args, gate, **kwargs)
+            elif id(layer) in self.bn_to_conv:
+                bn = GatedBatchNorm.from_batch_normalization(
+                    layer, pretrained_branch=self.options.pretrained_bn
+                )
+                training = {k: v for k, v in kwargs.items() if k == "training"}
+                outputs = bn([args[0], gates[self.bn_to_conv[id(layer)]]], **training)
+            elif id(layer) in self.plan.path:
+                if kwargs.get("training") is False:
+                    warnings.warn(
+                        f"Model '{model.name}' calls the wrapped backbone '{layer.name}' with "
+                        "training=False; wrap() drops that argument so the gates and the "
+                        "fine-tuned batch normalizations train with the model.",
+                        stacklevel=3,
+                    )
+                    kwargs.pop("training")
+                outputs = self.rebuild(layer)(*args, **kwargs)
+            else:
+                outputs = self._copy_call(layer, args, kwargs)
+            for old, new in zip(node.outputs, keras.tree.flatten(outputs), strict=True):
+                tensors[id(old)] = new
+        outputs = keras.tree.map_structure(lambda x: tensors[id(x)], model.output)
+        return keras.Model(inputs, outputs, name=model.name)
+
+    def _controller(self, model):
+        convs = self.plan.convs
+        taken = {layer.name for layer in model.layers}
+        name, suffix = "gate_controller", 1
+        while name in taken:
+            name, suffix = f"gate_controller_{suffix}", suffix + 1
+        return GateController(
+            filters=[conv.filters for conv in convs],
+            input_channels=[conv.kernel.shape[2] for conv in convs],
+            units=self.options.units,
+            temperature=self.options.temperature,
+            seed=self.options.seed,
+            layer_names=[conv.name for conv in convs],
+            dtype=convs[0].dtype_policy,
+            name=name,
+        )
+
+    def _copy_call(self, layer, args, kwargs):
+        copy = self.clones.get(id(layer))
+        fresh = copy is None
+        if fresh:
+            if isinstance(layer, keras.Model):
+                copy = keras.models.clone_model(layer)
+            else:
+                copy = type(layer).from_config(layer.get_config())
+            self.clones[id(layer)] = copy
+        outputs = copy(*args, **kwargs)
+        if fresh:
+            copy.set_weights(layer.get_weights())
+            pairs = (
+                zip(copy.layers, layer.layers, strict=True)
+                if isinstance(layer, keras.Model)
+                else ()
+            )
+            copy.trainable = layer.trainable
+            for copied, original in pairs:
+                copied.trainable = original.trainable
+        return outputs

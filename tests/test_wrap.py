@@ -1,0 +1,309 @@
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from support import build_plain_resnet, randomize_batch_norms, relative_difference, to_numpy
+
+import adafilter_keras as ak
+
+apps = keras.applications
+
+
+def _images(n=2, size=32, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, size=(n, size, size, 3)).astype("float32")
+
+
+def _layer_types(model):
+    return [type(layer).__name__ for layer in model._flatten_layers()]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: apps.ResNet50(weights=None, input_shape=(32, 32, 3), classes=5),
+        lambda: apps.VGG16(weights=None, input_shape=(32, 32, 3), include_top=False, pooling="max"),
+        lambda: apps.ResNet50V2(
+            weights=None, input_shape=(64, 48, 3), include_top=False, pooling="avg"
+        ),
+    ],
+    ids=["ResNet50", "VGG16", "ResNet50V2"],
+)
+def test_identity_at_initialisation_for_keras_applications(build):
+    model = randomize_batch_norms(build())
+    x = _images(size=model.input_shape[1])
+    if model.input_shape[2] != model.input_shape[1]:
+        x = np.random.default_rng(1).uniform(0, 1, (2, *model.input_shape[1:])).astype("float32")
+    expected = model.predict(x, verbose=0)
+    wrapped = ak.wrap(model)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(ak.gated_layers(wrapped)) == len(convs)
+    assert relative_difference(expected, wrapped.predict(x, verbose=0)) <= 1e-5
+
+
+def test_resnet50_structure_and_controller_order():
+    model = apps.ResNet50(weights=None, input_shape=(32, 32, 3), include_top=False)
+    wrapped = ak.wrap(model)
+    names = [layer.name for layer in ak.gated_layers(wrapped)]
+    assert names[:6] == [
+        "conv1_conv",
+        "conv2_block1_0_conv",
+        "conv2_block1_1_conv",
+        "conv2_block1_2_conv",
+        "conv2_block1_3_conv",
+        "conv2_block2_1_conv",
+    ]
+    assert len(names) == 53 and names[-1] == "conv5_block3_3_conv"
+    assert names == [layer.name for layer in ak.gated_layers(ak.wrap(model))]
+    types = _layer_types(wrapped)
+    assert types.count("AdaFilterConv2D") == 53 and types.count("GatedBatchNorm") == 53
+    assert "Conv2D" not in types and "BatchNormalization" not in types
+    assert types.count("GateController") == 1
+    counts = ak.count_parameters(wrapped)
+    original = ak.count_parameters(model)
+    size = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
+    conv = size(
+        w for layer in model.layers if type(layer) is keras.layers.Conv2D for w in layer.weights
+    )
+    bn_affine = size(w for w in model.trainable_weights if w.path.endswith(("gamma", "beta")))
+    # Every conv and BN weight exists twice; the fine-tuned copies and the controller train; the
+    # controller also counts gate choices (one number per filter and one per gated layer).
+    statistics = sum(layer.filters for layer in ak.gated_layers(wrapped)) + 53
+    assert counts["total"] == 2 * original["total"] + counts["controller"] + statistics
+    assert counts["trainable"] == conv + bn_affine + counts["controller"]
+    assert counts["controller"] > 0
+
+
+def test_vgg_convs_mix_their_own_branches():
+    wrapped = ak.wrap(apps.VGG16(weights=None, input_shape=(32, 32, 3), include_top=False))
+    types = _layer_types(wrapped)
+    assert types.count("AdaFilterConv2D") == 13 and "GatedBatchNorm" not in types
+
+
+def test_resnet_v2_gates_bn_where_it_follows_and_mixes_elsewhere():
+    model = apps.ResNet50V2(weights=None, input_shape=(32, 32, 3), include_top=False)
+    types = _layer_types(ak.wrap(model))
+    # In V2 blocks, convs 1 and 2 feed a BN; conv 3, the shortcut and the stem do not.
+    assert types.count("AdaFilterConv2D") == 53
+    assert types.count("GatedBatchNorm") == 32
+    assert types.count("BatchNormalization") == 17  # the pre-activation BNs stay as they are
+
+
+def test_the_original_model_is_not_modified(rng):
+    model = randomize_batch_norms(build_plain_resnet())
+    model.get_layer("block1_1_bn").trainable = False
+    weights = [w.copy() for w in model.get_weights()]
+    flags = [layer.trainable for layer in model.layers]
+    x = _images(8)
+    before = model.predict(x, verbose=0)
+    wrapped = ak.wrap(model)
+    wrapped.compile(keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError())
+    wrapped.fit(x, rng.normal(size=(8, 4)), batch_size=4, epochs=2, verbose=0)
+    for original, after in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(original, after)
+    assert flags == [layer.trainable for layer in model.layers]
+    assert types_of(model).count("Conv2D") == 6
+    np.testing.assert_array_equal(before, model.predict(x, verbose=0))
+
+
+def types_of(model):
+    return [type(layer).__name__ for layer in model.layers]
+
+
+def test_fit_moves_only_the_finetuned_side_the_controller_and_the_head(rng):
+    model = randomize_batch_norms(build_plain_resnet())
+    wrapped = ak.wrap(model, seed=1)
+    wrapped.compile(keras.optimizers.SGD(0.05), keras.losses.MeanSquaredError())
+    before = {w.path: to_numpy(w).copy() for w in wrapped.weights}
+    wrapped.fit(_images(16), rng.normal(size=(16, 4)), batch_size=4, epochs=2, verbose=0)
+    moved = {w.path for w in wrapped.weights if not np.array_equal(before[w.path], to_numpy(w))}
+    for path in before:
+        name = path.split("/")[-1]
+        if name.startswith("pretrained_"):
+            assert path not in moved, path
+        elif name.startswith("finetuned_") or path.startswith(("gate_controller/", "head/")):
+            if "gate_sum" not in name:
+                assert path in moved, path
+    trainable = {w.path for w in wrapped.trainable_weights}
+    assert all(
+        p.split("/")[-1].startswith("finetuned_") or p.startswith(("gate_controller/", "head/"))
+        for p in trainable
+    ), sorted(trainable)
+
+
+def test_targets_and_exclude_by_name_regex_and_callable():
+    model = build_plain_resnet()
+
+    def gated(**kwargs):
+        return [layer.name for layer in ak.gated_layers(ak.wrap(model, **kwargs))]
+
+    assert gated(targets="stem_conv") == ["stem_conv"]
+    assert gated(targets=r"block2_.*") == ["block2_0_conv", "block2_1_conv", "block2_2_conv"]
+    assert gated(targets=lambda layer: getattr(layer, "filters", 0) == 8) == [
+        "stem_conv",
+        "block1_1_conv",
+        "block1_2_conv",
+    ]
+    assert gated(exclude=["stem_conv", r"block2_[12]_conv"]) == [
+        "block1_1_conv",
+        "block1_2_conv",
+        "block2_0_conv",
+    ]
+    partial = ak.wrap(model, targets=["block1_1_conv"])
+    types = types_of(partial)
+    assert types.count("Conv2D") == 5 and types.count("AdaFilterConv2D") == 1
+
+
+def test_nested_backbone_with_a_new_head_is_wrapped_in_place():
+    backbone = randomize_batch_norms(
+        apps.ResNet50(weights=None, input_shape=(32, 32, 3), include_top=False, pooling="avg")
+    )
+    backbone.trainable = False
+    inputs = keras.Input((32, 32, 3))
+    features = backbone(inputs, training=False)
+    outputs = keras.layers.Dense(3, name="new_head")(keras.layers.Dropout(0.2)(features))
+    model = keras.Model(inputs, outputs, name="classifier")
+    x = _images()
+    expected = model.predict(x, verbose=0)
+    with pytest.warns(UserWarning, match="drops that argument"):
+        wrapped = ak.wrap(model)
+    assert wrapped.name == "classifier"
+    inner = wrapped.get_layer(backbone.name)
+    assert inner is not backbone and inner.trainable
+    assert len(ak.gated_layers(wrapped)) == 53
+    assert relative_difference(expected, wrapped.predict(x, verbose=0)) <= 1e-5
+    assert wrapped.get_layer("new_head") is not model.get_layer("new_head")
+
+
+def test_sequential_models_are_accepted():
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(4, 3, name="c1"),
+            keras.layers.BatchNormalization(name="b1"),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(4, 3, activation="relu", name="c2"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2),
+        ],
+        name="seq",
+    )
+    model = randomize_batch_norms(model)
+    x = _images(size=16)
+    wrapped = ak.wrap(model)
+    assert [layer.name for layer in ak.gated_layers(wrapped)] == ["c1", "c2"]
+    assert relative_difference(model.predict(x, verbose=0), wrapped.predict(x, verbose=0)) < 1e-5
+
+
+def test_wrapped_model_saves_and_loads_in_a_fresh_process(tmp_path, rng):
+    backbone = randomize_batch_norms(build_plain_resnet(name="backbone"))
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="top")(backbone(inputs)))
+    wrapped = ak.wrap(model, seed=3, pretrained_bn="adapt", temperature=0.5)
+    wrapped.compile(keras.optimizers.SGD(0.05), keras.losses.MeanSquaredError())
+    x, y = _images(8), rng.normal(size=(8, 2)).astype("float32")
+    wrapped.fit(x, y, batch_size=4, verbose=0)
+    expected = wrapped.predict(x, verbose=0)
+    path = tmp_path / "wrapped.keras"
+    wrapped.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, keras
+        import adafilter_keras as ak
+        model = keras.models.load_model({str(path)!r}, safe_mode=True)
+        x, y = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "y.npy")!r})
+        np.save({str(tmp_path / "predicted.npy")!r}, model.predict(x, verbose=0))
+        gated = ak.gated_layers(model)
+        controller = model.get_layer("backbone").get_layer("gate_controller")
+        assert controller.temperature == 0.5 and controller.seed == 3, controller.get_config()
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+        print("gated", len(gated), "losses", *history.history["loss"])
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "predicted.npy"), expected)
+    words = result.stdout.split()
+    assert words[words.index("gated") + 1] == "6"
+    losses = [float(v) for v in words[words.index("losses") + 1 :]]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="custom_net")
+        self.conv = keras.layers.Conv2D(4, 3)
+
+    def call(self, x):
+        return self.conv(x)
+
+
+def test_refuses_subclassed_models():
+    with pytest.raises(TypeError, match="Model 'custom_net' of type _Subclassed is subclassed"):
+        ak.wrap(_Subclassed())
+
+
+def test_refuses_shared_convs():
+    conv = keras.layers.Conv2D(3, 3, padding="same", name="shared_conv")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, conv(conv(inputs)))
+    with pytest.raises(ValueError, match="'shared_conv' \\(Conv2D\\) is called at 2 places"):
+        ak.wrap(model)
+
+
+def test_refuses_when_nothing_matches_and_lists_what_was_searched():
+    model = build_plain_resnet()
+    with pytest.raises(ValueError, match="'conv9' matches no layer. Layers searched: .*stem_conv"):
+        ak.wrap(model, targets="conv9")
+    with pytest.raises(ValueError, match="selected nothing. The Conv2D layers searched were: stem"):
+        ak.wrap(model, targets="stem_conv", exclude="stem_conv")
+    dense_only = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="mlp")
+    with pytest.raises(ValueError, match="No Conv2D layer to gate in model 'mlp'"):
+        ak.wrap(dense_only)
+
+
+def test_refuses_targets_that_are_not_conv2d():
+    model = build_plain_resnet()
+    with pytest.raises(ValueError, match="not Conv2D: 'stem_bn' \\(BatchNormalization\\)"):
+        ak.wrap(model, targets=["stem_conv", "stem_bn"])
+    inputs = keras.Input((8, 8, 3))
+    depthwise = keras.Model(inputs, keras.layers.DepthwiseConv2D(3, name="dw")(inputs))
+    with pytest.raises(ValueError, match="'dw' \\(DepthwiseConv2D\\)"):
+        ak.wrap(depthwise, targets=lambda layer: "dw" in layer.name)
+
+
+def test_refuses_unsupported_convs_before_building_anything():
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, groups=2, name="grouped")(inputs))
+    with pytest.raises(ValueError, match="'grouped' \\(Conv2D\\) cannot be gated.*groups=2"):
+        ak.wrap(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(controller_units=0), "Received: controller_units=0"),
+        (dict(temperature=0.0), "Received: temperature=0.0"),
+        (dict(pretrained_bn="train"), "Received: pretrained_bn='train'"),
+        (dict(seed=1.5), "Received: seed=1.5"),
+        (dict(targets=3), "entries must be layer names"),
+    ],
+)
+def test_bad_options_raise_clear_errors(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        ak.wrap(build_plain_resnet(), **kwargs)
+
+
+def test_no_warning_for_a_plain_model():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ak.wrap(build_plain_resnet())
