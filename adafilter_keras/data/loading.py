@@ -1,0 +1,183 @@
+"""`load()`: from a dataset name to train / validation / test `tf.data` pipelines."""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from adafilter_keras import validation
+from adafilter_keras.data import preprocessing, registry, splits
+from adafilter_keras.data.sources import bundled, folder
+from adafilter_keras.data.sources import tfds as tfds_source
+
+# Eval images are cached in memory (after resizing) while they take at most this many bytes.
+CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+@dataclasses.dataclass
+class LoadedDataset:
+    """The pipelines and facts of one loaded dataset.
+
+    Attributes:
+        name: The registry name.
+        train: Batches `(images float32 (batch, size, size, 3), labels int64 (batch,))`, shuffled
+            and augmented.
+        validation: Batches from the examples carved out of the training split (no augmentation);
+            None when `validation_fraction=0`.
+        test: Batches of the test split (no augmentation). Score it once, at the end.
+        num_classes: Number of classes.
+        class_names: Class names, indexed by label.
+        sizes: Number of examples in `train`, `validation` and `test`.
+        origin: Where the data was read from.
+    """
+
+    name: str
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset
+    num_classes: int
+    class_names: list
+    sizes: dict
+    origin: str
+
+
+def load(
+    name,
+    *,
+    image_size=224,
+    batch_size=32,
+    validation_fraction=0.1,
+    seed=0,
+    data_dir=None,
+    shots_per_class=None,
+    normalization="caffe",
+    download=True,
+    cache="auto",
+):
+    """Loads a registered dataset as train / validation / test `tf.data` pipelines.
+
+    Validation is carved out of the training split per class, deterministically by `seed`; the
+    test split is never used for it. With `shots_per_class=k`, training keeps `k` examples of
+    every class (chosen by `seed`) from what remains after the validation carve.
+
+    Args:
+        name: A registry name (`adafilter_keras.data.REGISTRY`; `adafilter-keras datasets` lists
+            them) or `"folder:/path"` for `path/{train,test}/<class>/<image>`.
+        image_size: Side of the square images produced.
+        batch_size: Batch size of all three pipelines.
+        validation_fraction: Fraction of each training class moved to validation, in [0, 1).
+        seed: Seed of the validation carve, the k-shot choice, shuffling and augmentation.
+        data_dir: Where prepared TFDS data and dataset folders are looked for (folder datasets
+            at `data_dir/<folder>`); defaults to `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
+        shots_per_class: Optional number of training examples kept per class.
+        normalization: The backbone's input normalization: `"caffe"` (ResNet, VGG), `"tf"`
+            (ResNet V2, MobileNet), `"torch"` (DenseNet) or `"raw"` (EfficientNet, ConvNeXt);
+            `preprocessing.normalization_for(backbone_name)` picks it from a model name.
+        download: Whether a TFDS dataset that is not prepared may be downloaded.
+        cache: `"auto"` (cache what fits in memory), True or False.
+
+    Returns:
+        A `LoadedDataset`.
+
+    Raises:
+        ValueError: Unknown name, bad arguments, unusable folders, too few examples for
+            `shots_per_class` (naming the class).
+        DatasetUnavailableError: The data is absent and cannot be downloaded now (within
+            seconds, naming the directories searched and how to obtain the data).
+    """
+    spec = registry.get(name)
+    image_size = validation.positive_int("image_size", image_size)
+    batch_size = validation.positive_int("batch_size", batch_size)
+    if shots_per_class is not None:
+        shots_per_class = validation.positive_int("shots_per_class", shots_per_class)
+    validation.one_of("normalization", normalization, preprocessing.NORMALIZATIONS)
+    validation.one_of("cache", cache, ("auto", True, False))
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(
+            "`validation_fraction` must be in [0, 1). "
+            f"Received: validation_fraction={validation_fraction!r}"
+        )
+
+    source = _open(spec, data_dir, download)
+    train_pool, validation_indices = splits.carve_validation(
+        source.train.labels, validation_fraction, seed
+    )
+    if shots_per_class is not None:
+        train_pool = splits.take_per_class(
+            train_pool, source.train.labels, shots_per_class, seed, source.class_names
+        )
+    test_indices = np.arange(len(source.test.labels))
+
+    options = dict(image_size=image_size, batch_size=batch_size, normalization=normalization)
+    train = _training_pipeline(source.train, train_pool, spec, seed=seed, cache=cache, **options)
+    val = (
+        _eval_pipeline(source.train, validation_indices, spec, cache=cache, **options)
+        if len(validation_indices)
+        else None
+    )
+    test = _eval_pipeline(source.test, test_indices, spec, cache=cache, **options)
+    return LoadedDataset(
+        name=spec.name,
+        train=train,
+        validation=val,
+        test=test,
+        num_classes=len(source.class_names),
+        class_names=list(source.class_names),
+        sizes={
+            "train": len(train_pool),
+            "validation": len(validation_indices),
+            "test": len(test_indices),
+        },
+        origin=source.origin,
+    )
+
+
+def data_root(data_dir=None):
+    """The directory searched for prepared TFDS data and dataset folders."""
+    return pathlib.Path(data_dir).expanduser() if data_dir else tfds_source.default_data_dir()
+
+
+def _open(spec, data_dir, download):
+    if spec.source == "bundled":
+        return bundled.load(spec)
+    root = data_root(data_dir)
+    if spec.source == "folder":
+        path = pathlib.Path(spec.folder).expanduser()
+        return folder.load(spec, path if spec.name.startswith("folder:") else root / spec.folder)
+    if spec.folder and (root / spec.folder).is_dir():  # a TFDS dataset also laid out as a folder
+        return folder.load(spec, root / spec.folder)
+    return tfds_source.load(spec, root, download)
+
+
+def _training_pipeline(split, indices, spec, *, image_size, batch_size, normalization, seed, cache):
+    dataset = split.read(indices)
+    if cache is True or (cache == "auto" and split.in_memory):
+        dataset = dataset.cache()
+    dataset = dataset.shuffle(min(len(indices), 10_000), seed=seed, reshuffle_each_iteration=True)
+
+    def augment(image, label):
+        image = preprocessing.random_resized_crop(
+            preprocessing.to_rgb(image), image_size, min_area=spec.min_crop_area, flip=spec.flip
+        )
+        return preprocessing.normalize(image, normalization), label
+
+    dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _eval_pipeline(split, indices, spec, *, image_size, batch_size, normalization, cache):
+    def crop(image, label):
+        image = preprocessing.center_crop(
+            preprocessing.to_rgb(image), image_size, crop_fraction=spec.eval_crop_fraction
+        )
+        return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8), label
+
+    dataset = split.read(indices).map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache is True or (cache == "auto" and len(indices) * image_size**2 * 3 <= CACHE_LIMIT_BYTES):
+        dataset = dataset.cache()
+    dataset = dataset.map(
+        lambda image, label: (preprocessing.normalize(image, normalization), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
