@@ -233,16 +233,15 @@ class GatedBatchNorm(keras.layers.Layer):
         variance = self._pair("moving_variance", stacked.dtype)
         if training and self.trainable:
             axes = list(range(len(stacked.shape) - 1))
-            batch_mean, batch_variance = ops.moments(stacked, axes=axes)
-            pretrained_mean, finetuned_mean = split_branches(batch_mean)
-            pretrained_variance, finetuned_variance = split_branches(batch_variance)
-            self._update_statistics("finetuned", finetuned_mean, finetuned_variance)
             if self.pretrained_branch == "adapt":
-                self._update_statistics("pretrained", pretrained_mean, pretrained_variance)
-                mean, variance = batch_mean, batch_variance
-            else:
-                mean = ops.concatenate([split_branches(mean)[0], finetuned_mean])
-                variance = ops.concatenate([split_branches(variance)[0], finetuned_variance])
+                mean, variance = ops.moments(stacked, axes=axes)
+                self._update_statistics("pretrained", *map(_first_half, (mean, variance)))
+                self._update_statistics("finetuned", *map(_second_half, (mean, variance)))
+            else:  # the frozen branch keeps its moving statistics: only the other half is reduced
+                batch_mean, batch_variance = ops.moments(_second_half(stacked), axes=axes)
+                self._update_statistics("finetuned", batch_mean, batch_variance)
+                mean = ops.concatenate([_first_half(mean), batch_mean])
+                variance = ops.concatenate([_first_half(variance), batch_variance])
         outputs = ops.batch_normalization(
             stacked,
             mean=mean,
@@ -287,3 +286,11 @@ class GatedBatchNorm(keras.layers.Layer):
             }
         )
         return config
+
+
+def _first_half(tensor):
+    return split_branches(tensor)[0]
+
+
+def _second_half(tensor):
+    return split_branches(tensor)[1]

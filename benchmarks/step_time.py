@@ -1,0 +1,197 @@
+"""Training-step time and memory of AdaFilter against plain fine-tuning and feature extraction.
+
+Usage:
+    python benchmarks/step_time.py [--image-size 64 224] [--batch-size 8] [--repeats 10]
+                                   [--backbone ResNet50] [--dtype float32|mixed_bfloat16]
+                                   [--output FILE]
+
+In one process, for each image size, builds three models on the same backbone (weights=None,
+random synthetic data, SGD with momentum, same compile settings):
+
+* `finetune`: backbone + new head, every weight trains;
+* `feature_extraction`: frozen backbone, only the head trains (the floor);
+* `adafilter`: `adafilter_keras.wrap()` of the fine-tuning model.
+
+It runs warm-up steps (compilation excluded), then `--repeats` rounds that time one
+`train_on_batch` of each method in turn (alternating, so drifts of the machine hit all methods
+alike), and reports the median ms/step, img/s and the ratio against `finetune`. Peak memory of a
+training step is measured separately for each method in a fresh subprocess: the accelerator's
+peak bytes in use on a GPU (JAX), else (CPU) the process's peak resident memory while it builds
+the model and runs a few training steps, minus its peak after importing Keras and TensorFlow:
+weights, optimizer state and the step's working set. Prints a Markdown table and writes JSON.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+METHODS = ("finetune", "adafilter", "feature_extraction")
+NUM_CLASSES = 100
+
+
+def build(method, backbone, image_size):
+    import keras
+
+    import adafilter_keras as ak
+
+    base = getattr(keras.applications, backbone)(
+        weights=None, include_top=False, pooling="avg", input_shape=(image_size, image_size, 3)
+    )
+    if method == "feature_extraction":
+        base.trainable = False
+    inputs = keras.Input((image_size, image_size, 3))
+    model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(base(inputs)))
+    if method == "adafilter":
+        model = ak.wrap(model, seed=0)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def batch(batch_size, image_size):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, (batch_size,))
+    return x, y
+
+
+def time_methods(args, image_size):
+    models = {m: build(m, args.backbone, image_size) for m in METHODS}
+    x, y = batch(args.batch_size, image_size)
+    for model in models.values():
+        for _ in range(args.warmup):
+            model.train_on_batch(x, y)
+    times = {m: [] for m in METHODS}
+    for _ in range(args.repeats):
+        for method, model in models.items():
+            start = time.perf_counter()
+            loss = model.train_on_batch(x, y)
+            float(np.asarray(loss))  # wait for the step to finish (asynchronous backends)
+            times[method].append(time.perf_counter() - start)
+    return {m: statistics.median(t) for m, t in times.items()}
+
+
+def peak_memory(args, method, image_size):
+    """Runs one method's training steps in a fresh process; returns (peak bytes, how measured)."""
+    command = [
+        sys.executable, __file__, "--measure-memory", method, "--image-size", str(image_size),
+        "--batch-size", str(args.batch_size), "--backbone", args.backbone, "--dtype", args.dtype,
+        "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    return record["bytes"], record["kind"]
+
+
+def _measure_memory(args):
+    import keras
+
+    import adafilter_keras  # noqa: F401  (imported before the baseline is read)
+
+    image_size = args.image_size[0]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model = build(args.measure_memory, args.backbone, image_size)
+    x, y = batch(args.batch_size, image_size)
+    for _ in range(max(args.warmup, 2)):
+        model.train_on_batch(x, y)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            print(json.dumps({"bytes": stats["peak_bytes_in_use"], "kind": "device peak"}))
+            return
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"bytes": after - before, "kind": "host peak RSS above the idle process"}))
+
+
+def machine_facts():
+    import keras
+
+    facts = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
+    if keras.backend.backend() == "jax":
+        import jax
+
+        facts["device"] = str(jax.devices()[0].device_kind)
+    return facts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image-size", type=int, nargs="+", default=[64, 224])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--backbone", default="ResNet50")
+    parser.add_argument("--dtype", default="float32", help="Keras dtype policy")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--measure-memory", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--output",
+        type=pathlib.Path,
+        default=pathlib.Path(__file__).parent / "results" / "step_time.json",
+    )
+    args = parser.parse_args()
+    import keras
+
+    keras.config.set_dtype_policy(args.dtype)
+    if args.measure_memory:
+        _measure_memory(args)
+        return
+    rows = []
+    for image_size in args.image_size:
+        medians = time_methods(args, image_size)
+        for method in METHODS:
+            memory, kind = (None, None) if args.no_memory else peak_memory(args, method, image_size)
+            rows.append(
+                {
+                    "method": method,
+                    "image_size": image_size,
+                    "batch_size": args.batch_size,
+                    "dtype": args.dtype,
+                    "ms_per_step": 1000 * medians[method],
+                    "img_per_s": args.batch_size / medians[method],
+                    "ratio_vs_finetune": medians[method] / medians["finetune"],
+                    "peak_memory_mb": None if memory is None else memory / 2**20,
+                    "memory_kind": kind,
+                }
+            )
+    facts = machine_facts()
+    print(f"{args.backbone}, batch {args.batch_size}, {args.dtype}, {facts['backend']} backend")
+    print("| size | method | ms/step | img/s | vs finetune | peak memory MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        print(
+            f"| {r['image_size']} | {r['method']} | {r['ms_per_step']:.0f} | {r['img_per_s']:.1f} "
+            f"| {r['ratio_vs_finetune']:.2f} | {memory} |"
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": facts,
+        "settings": vars(args) | {"output": str(args.output)},
+        "results": rows,
+    }
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
