@@ -296,6 +296,9 @@ def test_refuses_unsupported_convs_before_building_anything():
         (dict(pretrained_bn="train"), "Received: pretrained_bn='train'"),
         (dict(seed=1.5), "Received: seed=1.5"),
         (dict(targets=3), "entries must be layer names"),
+        (dict(policy="greedy"), "Received: policy='greedy'"),
+        (dict(random_rate=1.0), "Received: random_rate=1.0"),
+        (dict(granularity="layer"), "Received: granularity='layer'"),
     ],
 )
 def test_bad_options_raise_clear_errors(kwargs, message):
@@ -307,3 +310,34 @@ def test_no_warning_for_a_plain_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         ak.wrap(build_plain_resnet())
+
+
+def test_random_policy_has_no_controller_weights_and_draws_at_the_rate():
+    model = build_plain_resnet()
+    wrapped = ak.wrap(model, policy="random", random_rate=0.25, seed=0)
+    controller = wrapped.get_layer("gate_controller")
+    assert controller.trainable_weights == []
+    x = _images(64)
+    # Inference first: a training-mode call updates the fine-tuned BN statistics.
+    np.testing.assert_allclose(
+        wrapped.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
+    inference = ak.gate_model(wrapped).predict(x, verbose=0)
+    assert all(np.all(g == 0.25) for g in inference)
+    training_gates = [to_numpy(g) for g in ak.gate_model(wrapped)([x], training=True)]
+    assert all(set(np.unique(g)) <= {0.0, 1.0} for g in training_gates)
+    assert abs(np.mean(np.concatenate([g.ravel() for g in training_gates])) - 0.25) < 0.03
+
+
+def test_block_granularity_shares_one_gate_per_residual_block():
+    model = apps.ResNet50(weights=None, input_shape=(32, 32, 3), include_top=False)
+    wrapped = ak.wrap(model, granularity="block")
+    blocks = ak.gated_layers(wrapped)
+    assert [b.name for b in blocks[:3]] == ["conv1_conv", "conv2_block1", "conv2_block2"]
+    assert len(blocks) == 17 and all(b.filters == 1 for b in blocks)
+    gates = ak.gate_model(wrapped).predict(_images(), verbose=0)
+    assert len(gates) == 17 and all(g.shape == (2, 1) for g in gates)
+    types = _layer_types(wrapped)
+    assert types.count("AdaFilterConv2D") == 53 and types.count("GatedBatchNorm") == 53
+    x = _images()
+    assert relative_difference(model.predict(x, verbose=0), wrapped.predict(x, verbose=0)) < 1e-5

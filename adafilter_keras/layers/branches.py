@@ -19,7 +19,8 @@ def mix_branches(pretrained, finetuned, gate):
     Args:
         pretrained: Tensor `(batch, ..., filters)`.
         finetuned: Tensor of the same shape.
-        gate: Tensor `(batch, filters)`, broadcast over the spatial axes.
+        gate: Tensor `(batch, filters)` (or `(batch, 1)` for one gate shared by all filters),
+            broadcast over the spatial axes.
 
     Returns:
         `gate * finetuned + (1 - gate) * pretrained`. Written this way (not as
@@ -33,11 +34,11 @@ def mix_branches(pretrained, finetuned, gate):
 
 
 def check_gate(gate_shape, filters, layer_name):
-    """Raises `ValueError` unless `gate_shape` is `(batch, filters)`."""
+    """Raises `ValueError` unless `gate_shape` is `(batch, filters)` or `(batch, 1)`."""
     shape = tuple(gate_shape)
-    if len(shape) != 2 or (shape[-1] is not None and shape[-1] != filters):
+    if len(shape) != 2 or (shape[-1] is not None and shape[-1] not in (filters, 1)):
         raise ValueError(
             f"Layer '{layer_name}' expects a gate of shape (batch, {filters}), one value per "
-            "filter. "
+            "filter (or (batch, 1), one value for all filters). "
             f"Received: gate.shape={shape}"
         )

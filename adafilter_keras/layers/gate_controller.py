@@ -6,6 +6,8 @@ from keras import ops
 from adafilter_keras import validation
 from adafilter_keras.layers.gate_sampling import sample_gates
 
+POLICIES = ("learned", "random")
+
 
 @keras.saving.register_keras_serializable(package="adafilter_keras")
 class GateController(keras.layers.Layer):
@@ -27,6 +29,11 @@ class GateController(keras.layers.Layer):
     the call starts from the zero state, sized from the batch, so the state is reset for every
     batch.
 
+    With `policy="random"` the controller has no weights: in training every gate is 1 with
+    probability `random_rate`, independently; at inference the gate is the constant `random_rate`
+    (the expected mix of the two branches). This is the "is the learned policy any good?"
+    ablation (stochastic fine-tuning); the state is passed through unchanged.
+
     In training, the controller also accumulates per layer and per filter how often the fine-tuned
     branch was chosen; `gate_statistics()` reads these and `reset_gate_statistics()` clears them.
 
@@ -38,6 +45,8 @@ class GateController(keras.layers.Layer):
         seed: Optional int seed of the gate noise.
         layer_names: Optional list with a name for each gated layer (for summaries and logs);
             defaults to `"gated_layer_{i}"`.
+        policy: `"learned"` (the recurrent gate network) or `"random"` (see above).
+        random_rate: Probability of a fine-tuned gate under `policy="random"`, in (0, 1).
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
     """
 
@@ -49,6 +58,8 @@ class GateController(keras.layers.Layer):
         temperature=1.0,
         seed=None,
         layer_names=None,
+        policy="learned",
+        random_rate=0.5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -73,6 +84,16 @@ class GateController(keras.layers.Layer):
                 f"Received: layer_names={layer_names!r} for {len(self.filters)} gated layers"
             )
         self.layer_names = [str(name) for name in layer_names]
+        self.policy = validation.one_of("policy", policy, POLICIES)
+        random_rate = float(random_rate)
+        if not 0.0 < random_rate < 1.0:
+            raise ValueError(
+                f"`random_rate` must be in (0, 1). Received: random_rate={random_rate!r}"
+            )
+        self.random_rate = random_rate
+        if self.policy == "random":
+            self.projections, self.cell, self.heads = [], None, []
+            return
         self.projections = [
             keras.layers.Dense(self.units, name=f"projection_{i}", dtype=self.dtype_policy)
             for i in range(len(self.filters))
@@ -89,11 +110,12 @@ class GateController(keras.layers.Layer):
         return len(self.filters)
 
     def build(self, input_shape):
-        for projection, channels in zip(self.projections, self.input_channels, strict=True):
-            projection.build((None, channels))
-        self.cell.build((None, self.units))
-        for head in self.heads:
-            head.build((None, self.units))
+        if self.policy == "learned":
+            for projection, channels in zip(self.projections, self.input_channels, strict=True):
+                projection.build((None, channels))
+            self.cell.build((None, self.units))
+            for head in self.heads:
+                head.build((None, self.units))
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="gate_noise_seed")
         self.gate_sums = [
             self.add_weight(
@@ -126,19 +148,34 @@ class GateController(keras.layers.Layer):
     def call(self, inputs, states=None, index=0, training=None):
         self._check_call(inputs, index)
         pooled = ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
-        projected = self.projections[index](pooled)
-        if states is None:
-            zeros = ops.zeros_like(projected)
-            states = [zeros, zeros]
-        hidden, (hidden, cell_state) = self.cell(projected, list(states), training=training)
-        logits = self.heads[index](hidden)
-        gate = sample_gates(
-            logits, temperature=self.temperature, seed=self.seed_generator, training=training
-        )
+        if self.policy == "random":
+            gate, hidden, cell_state = self._random_gate(pooled, states, index, training)
+        else:
+            projected = self.projections[index](pooled)
+            if states is None:
+                zeros = ops.zeros_like(projected)
+                states = [zeros, zeros]
+            hidden, (hidden, cell_state) = self.cell(projected, list(states), training=training)
+            logits = self.heads[index](hidden)
+            gate = sample_gates(
+                logits, temperature=self.temperature, seed=self.seed_generator, training=training
+            )
         if training:
             self.gate_sums[index].assign_add(ops.sum(ops.stop_gradient(gate), axis=0))
             self.gate_counts[index].assign_add(ops.cast(ops.shape(gate)[0], "float32"))
         return gate, hidden, cell_state
+
+    def _random_gate(self, pooled, states, index, training):
+        shape = (ops.shape(pooled)[0], self.filters[index])
+        if training:
+            uniform = keras.random.uniform(shape, dtype="float32", seed=self.seed_generator)
+            gate = ops.cast(uniform < self.random_rate, "float32")
+        else:
+            gate = ops.full(shape, self.random_rate, dtype="float32")
+        if states is None:
+            zeros = ops.zeros((ops.shape(pooled)[0], self.units), dtype=self.compute_dtype)
+            states = [zeros, zeros]
+        return gate, states[0], states[1]
 
     def compute_output_spec(self, inputs, states=None, index=0, training=None):
         self._check_call(inputs, index)
@@ -177,6 +214,8 @@ class GateController(keras.layers.Layer):
                 "temperature": self.temperature,
                 "seed": self.seed,
                 "layer_names": list(self.layer_names),
+                "policy": self.policy,
+                "random_rate": self.random_rate,
             }
         )
         return config

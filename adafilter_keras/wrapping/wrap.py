@@ -1,16 +1,21 @@
 """`wrap()`: rewrite a pre-trained functional CNN into an AdaFilter model."""
 
 import dataclasses
+import re
 import warnings
 
 import keras
 
 from adafilter_keras import validation
 from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm
+from adafilter_keras.layers.gate_controller import POLICIES
 from adafilter_keras.layers.gated_batch_norm import PRETRAINED_BRANCH_MODES
 from adafilter_keras.wrapping import targets as target_selection
 from adafilter_keras.wrapping.graph import FunctionalGraph, call_arguments, is_functional
 from adafilter_keras.wrapping.targets import describe
+
+GRANULARITIES = ("filter", "block")
+_BLOCK_NAME = re.compile(r"^(.+_block\d+)_")
 
 
 def wrap(
@@ -22,6 +27,9 @@ def wrap(
     temperature=1.0,
     pretrained_bn="frozen",
     seed=None,
+    policy="learned",
+    random_rate=0.5,
+    granularity="filter",
 ):
     """Turns a pre-trained functional CNN into an AdaFilter model.
 
@@ -55,6 +63,14 @@ def wrap(
         pretrained_bn: `"frozen"` or `"adapt"`: the mode of the pre-trained branch of every
             `GatedBatchNorm` (see `GatedBatchNorm`).
         seed: Optional int seed of the gate noise.
+        policy: `"learned"` (the gate controller) or `"random"`: gates drawn at `random_rate`
+            in training and fixed at `random_rate` at inference, the stochastic fine-tuning
+            baseline.
+        random_rate: Probability of the fine-tuned branch under `policy="random"`.
+        granularity: `"filter"` (one gate per example and filter) or `"block"` (one gate per
+            example and residual block, shared by all the block's convolutions, as in SpotTune;
+            blocks are recognised by the `keras.applications` naming `..._block<N>_...`, and any
+            other conv is a block of its own).
 
     Returns:
         A new functional `keras.Model` with the same inputs, outputs and name.
@@ -69,6 +85,9 @@ def wrap(
         temperature=validation.positive_float("temperature", temperature),
         pretrained_bn=validation.one_of("pretrained_bn", pretrained_bn, PRETRAINED_BRANCH_MODES),
         seed=_check_seed(seed),
+        policy=validation.one_of("policy", policy, POLICIES),
+        random_rate=_check_rate(random_rate),
+        granularity=validation.one_of("granularity", granularity, GRANULARITIES),
     )
     model = _as_functional(model)
     plan = _plan(model, targets, exclude)
@@ -81,6 +100,9 @@ class _Options:
     temperature: float
     pretrained_bn: str
     seed: int | None
+    policy: str
+    random_rate: float
+    granularity: str
 
 
 @dataclasses.dataclass
@@ -95,6 +117,12 @@ def _check_seed(seed):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
     return seed
+
+
+def _check_rate(rate):
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        raise ValueError(f"`random_rate` must be in (0, 1). Received: random_rate={rate!r}")
+    return float(rate)
 
 
 def _as_functional(model):
@@ -215,7 +243,18 @@ class _Rewriter:
     def __init__(self, plan, options):
         self.plan = plan
         self.options = options
-        self.gated = {id(conv): index for index, conv in enumerate(plan.convs)}
+        self.blocks = []  # controller entries: (name, [convs]) in controller order
+        for conv in plan.convs:
+            name = conv.name
+            if options.granularity == "block":
+                match = _BLOCK_NAME.match(conv.name)
+                name = match.group(1) if match else conv.name
+            if not self.blocks or self.blocks[-1][0] != name:
+                self.blocks.append((name, []))
+            self.blocks[-1][1].append(conv)
+        self.gated = {
+            id(conv): index for index, (_, convs) in enumerate(self.blocks) for conv in convs
+        }
         self.bn_to_conv = {id(bn): conv_id for conv_id, bn in plan.paired_bn.items()}
         self.clones = {}  # id(original layer) -> its copy, so shared layers stay shared
 
@@ -228,7 +267,7 @@ class _Rewriter:
             id(old): new for old, new in zip(model.inputs, keras.tree.flatten(inputs), strict=True)
         }
         controller = self._controller(model) if model is self.plan.owner else None
-        state, gates = None, {}
+        state, gates, block_gates = None, {}, {}
         for node in graph.nodes:
             if node.is_input:
                 continue
@@ -236,8 +275,11 @@ class _Rewriter:
             args, kwargs = call_arguments(node, tensors)
             if id(layer) in self.gated:
                 index = self.gated[id(layer)]
-                gate, hidden, cell = controller(args[0], states=state, index=index)
-                state = [hidden, cell]
+                if index not in block_gates:
+                    gate, hidden, cell = controller(args[0], states=state, index=index)
+                    state = [hidden, cell]
+                    block_gates[index] = gate
+                gate = block_gates[index]
                 conv = AdaFilterConv2D.from_conv2d(layer)
                 if id(layer) in self.plan.paired_bn:
                     gates[id(layer)] = gate
@@ -268,19 +310,22 @@ class _Rewriter:
         return keras.Model(inputs, outputs, name=model.name)
 
     def _controller(self, model):
-        convs = self.plan.convs
+        firsts = [convs[0] for _, convs in self.blocks]
+        per_filter = self.options.granularity == "filter"
         taken = {layer.name for layer in model.layers}
         name, suffix = "gate_controller", 1
         while name in taken:
             name, suffix = f"gate_controller_{suffix}", suffix + 1
         return GateController(
-            filters=[conv.filters for conv in convs],
-            input_channels=[conv.kernel.shape[2] for conv in convs],
+            filters=[conv.filters if per_filter else 1 for conv in firsts],
+            input_channels=[conv.kernel.shape[2] for conv in firsts],
             units=self.options.units,
             temperature=self.options.temperature,
             seed=self.options.seed,
-            layer_names=[conv.name for conv in convs],
-            dtype=convs[0].dtype_policy,
+            layer_names=[name for name, _ in self.blocks],
+            policy=self.options.policy,
+            random_rate=self.options.random_rate,
+            dtype=firsts[0].dtype_policy,
             name=name,
         )
 
