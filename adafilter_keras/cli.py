@@ -41,7 +41,135 @@ def build_parser():
     )
     datasets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     datasets.set_defaults(run=_datasets)
+    _add_train(commands)
+    _add_compare(commands)
     return parser
+
+
+_INTEGERS = ("shots_per_class", "steps_per_epoch")
+
+
+def _flag_value(text):
+    lowered = text.lower()
+    return {"true": True, "false": False, "none": None}.get(lowered, text)
+
+
+def _add_train(commands):
+    import dataclasses
+
+    from adafilter_keras.training.config import TrainConfig
+
+    train = commands.add_parser(
+        "train",
+        help="train one method on one dataset; writes a run directory with results.json",
+        description="Train one method on one dataset with model.fit and write a run directory "
+        "(config.json, results.json, log.csv, TensorBoard logs under logs/, best.weights.h5). "
+        "Re-running the same command after an interruption resumes from the last completed "
+        "epoch. Every flag is a TrainConfig field; --config FILE reads a JSON object of fields "
+        "and flags given on the command line override it.",
+    )
+    train.add_argument("--config", help="JSON file of TrainConfig fields (e.g. from `tune`)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    docs = _field_docs(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        kwargs = {"dest": field.name, "default": argparse.SUPPRESS}
+        if field.name == "step_epochs":
+            kwargs.update(nargs="+", type=int, metavar="EPOCH")
+        elif field.name in _INTEGERS:
+            kwargs.update(type=int)
+        elif isinstance(default, bool) or field.name in ("jit_compile", "cache"):
+            kwargs.update(type=_flag_value, metavar="{auto,true,false}")
+        elif isinstance(default, int):
+            kwargs.update(type=int)
+        elif isinstance(default, float):
+            kwargs.update(type=float)
+        else:
+            kwargs.update(type=_flag_value)
+        shown = "required" if field.default is dataclasses.MISSING else f"default: {default}"
+        train.add_argument(flag, help=f"{docs.get(field.name, '')} ({shown})", **kwargs)
+    train.set_defaults(run=_train)
+
+
+def _field_docs(cls):
+    """Field descriptions from the Attributes section of a dataclass docstring."""
+    docs, current = {}, None
+    for line in (cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        head, _, rest = stripped.partition(": ")
+        if line.startswith(" " * 8) and not line.startswith(" " * 12) and head.isidentifier():
+            current = head
+            docs[current] = rest
+        elif current and line.startswith(" " * 12):
+            docs[current] += " " + stripped
+    return {k: v.replace("%", "%%") for k, v in docs.items()}
+
+
+def train_main(argv=None, **defaults):
+    """Runs `adafilter-keras train` with `defaults` as the base settings (for example scripts).
+
+    Command-line flags override `defaults`, and a `--config` file overrides both only where the
+    flags are silent.
+    """
+    parser = build_parser()
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    return _train(args, defaults)
+
+
+def _train(args, defaults=None):
+    from adafilter_keras.training import TrainConfig, train
+
+    flags = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("command", "run", "config", "quiet")
+    }
+    overrides = {**(defaults or {}), **flags}
+    try:
+        if args.config:
+            config = TrainConfig.from_file(args.config, **overrides)
+        else:
+            if "dataset" not in overrides:
+                raise ValueError("--dataset is required (or a --config file that sets it).")
+            config = TrainConfig.from_dict(overrides)
+        results = train(config, verbose=0 if args.quiet else "auto")
+    except ValueError as error:
+        print(f"adafilter-keras train: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"test accuracy {100 * results['test_accuracy']:.2f} % "
+        f"(best validation epoch {results['best_epoch']}); run directory {results['run_dir']}"
+    )
+    return 0
+
+
+def _add_compare(commands):
+    compare = commands.add_parser(
+        "compare",
+        help="table of test accuracy per dataset and method over seeds, from run directories",
+        description="Read every results.json under the given run directories and print a "
+        "Markdown table: dataset x method, mean +- std of test accuracy over seeds, and the "
+        "reduction in top-1 error against the baseline method (percentage points).",
+    )
+    compare.add_argument("runs", nargs="+", help="run directories or results.json files")
+    compare.add_argument("--baseline", default="finetune", help="method to compare against")
+    compare.add_argument("--csv", help="also write the table to this CSV file")
+    compare.set_defaults(run=_compare)
+
+
+def _compare(args):
+    from adafilter_keras.training import compare
+
+    try:
+        rows = compare.summarize(compare.collect(args.runs), baseline=args.baseline)
+    except ValueError as error:
+        print(f"adafilter-keras compare: error: {error}", file=sys.stderr)
+        return 2
+    print(compare.markdown(rows, baseline=args.baseline))
+    if args.csv:
+        compare.write_csv(rows, args.csv)
+    return 0
 
 
 def _datasets(args):

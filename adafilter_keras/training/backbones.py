@@ -1,0 +1,130 @@
+"""Backbones by name with their pre-trained weights; clear early errors when weights are missing."""
+
+import os
+import pathlib
+
+import keras
+
+# keras.applications models the harness accepts, and a small one for tests and the CPU quick start.
+APPLICATIONS = (
+    "ResNet50",
+    "ResNet101",
+    "ResNet152",
+    "ResNet50V2",
+    "ResNet101V2",
+    "ResNet152V2",
+    "VGG16",
+    "VGG19",
+)
+SMALL = "SmallResNet"
+BACKBONES = (*APPLICATIONS, SMALL)
+
+
+class WeightsUnavailableError(ValueError):
+    """Pre-trained weights could not be loaded (absent, no network, or not this backbone's)."""
+
+
+def keras_cache_dir():
+    """Where `keras.applications` caches downloaded weights: `$KERAS_HOME/models`."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return pathlib.Path(home) / "models"
+
+
+def build_backbone(name, weights, input_shape):
+    """Builds a headless backbone with global average pooling.
+
+    Args:
+        name: One of `BACKBONES`.
+        weights: `"imagenet"`, a path to a weights file (`.h5` / `.weights.h5`) for this
+            backbone without its top, or None for random initialisation.
+        input_shape: `(height, width, 3)`.
+
+    Returns:
+        A functional `keras.Model` mapping images to pooled features.
+
+    Raises:
+        ValueError: Unknown backbone name.
+        WeightsUnavailableError: The weights cannot be loaded; the message says how to fix it.
+    """
+    if name not in BACKBONES:
+        raise ValueError(
+            f"Unknown backbone {name!r}. Known backbones: {', '.join(BACKBONES)}. "
+            f"Received: backbone={name!r}"
+        )
+    if weights not in (None, "imagenet"):
+        path = pathlib.Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"Weights file {str(path)!r} does not exist. Pass the path of a {name} weights "
+                "file without its classification top, 'imagenet', or 'none'."
+            )
+        weights = str(path)
+    if name == SMALL:
+        if weights == "imagenet":
+            raise WeightsUnavailableError(
+                f"{SMALL} has no ImageNet weights; pass a weights file it saved, or 'none'."
+            )
+        model = small_resnet(input_shape)
+        if weights:
+            _load_weights(model, weights, name)
+        return model
+    constructor = getattr(keras.applications, name)
+    try:
+        return constructor(
+            weights=weights, include_top=False, pooling="avg", input_shape=tuple(input_shape)
+        )
+    except Exception as error:  # Keras raises several types for these two failures
+        text = str(error)
+        if weights == "imagenet" and ("URL fetch failure" in text or "fetch" in text.lower()):
+            raise WeightsUnavailableError(
+                f"Could not download the ImageNet weights of {name} (no network?): {text} "
+                f"Place the weights file named in that URL (the '_notop' variant) in "
+                f"{keras_cache_dir()} (the Keras cache, $KERAS_HOME/models), or pass its path "
+                "as weights."
+            ) from None
+        if weights not in (None, "imagenet"):
+            raise WeightsUnavailableError(
+                f"Weights file {weights!r} does not fit backbone {name} without its top: {text}"
+            ) from None
+        raise
+
+
+def _load_weights(model, path, name):
+    try:
+        model.load_weights(path)
+    except Exception as error:
+        raise WeightsUnavailableError(
+            f"Weights file {path!r} does not fit backbone {name}: {error}"
+        ) from None
+
+
+def small_resnet(input_shape, width=16, name="small_resnet"):
+    """A small ResNet built the way `keras.applications` builds its models (Conv2D, BN, adds).
+
+    Stem conv, then three stages of one bottleneck-free residual block each (projection
+    shortcuts where the shape changes), then global average pooling. Block layers follow the
+    `keras.applications` naming (`conv2_block1_1_conv`, ...), so block granularity finds them.
+    """
+    layers = keras.layers
+
+    def block(x, filters, stride, prefix):
+        shortcut = x
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, strides=stride, name=f"{prefix}_0_conv")(x)
+            shortcut = layers.BatchNormalization(epsilon=1.001e-5, name=f"{prefix}_0_bn")(shortcut)
+        y = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{prefix}_1_conv")(x)
+        y = layers.BatchNormalization(epsilon=1.001e-5, name=f"{prefix}_1_bn")(y)
+        y = layers.Activation("relu", name=f"{prefix}_1_relu")(y)
+        y = layers.Conv2D(filters, 3, padding="same", name=f"{prefix}_2_conv")(y)
+        y = layers.BatchNormalization(epsilon=1.001e-5, name=f"{prefix}_2_bn")(y)
+        y = layers.Add(name=f"{prefix}_add")([shortcut, y])
+        return layers.Activation("relu", name=f"{prefix}_out")(y)
+
+    inputs = keras.Input(tuple(input_shape))
+    x = layers.Conv2D(width, 3, padding="same", name="conv1_conv")(inputs)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    for stage, (filters, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)]):
+        x = block(x, filters, stride, f"conv{stage + 2}_block1")
+    outputs = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,74 @@
+"""`compare`: a table of test accuracy per dataset and method, over seeds, from run directories."""
+
+import csv
+import json
+import pathlib
+import statistics
+
+
+def collect(paths):
+    """Reads every `results.json` under `paths` (files or directories, searched recursively)."""
+    results = []
+    for path in map(pathlib.Path, paths):
+        files = [path] if path.is_file() else sorted(path.rglob("results.json"))
+        if not path.exists():
+            raise ValueError(f"No such run directory or results file: {str(path)!r}")
+        for file in files:
+            results.append(json.loads(file.read_text()))
+    if not results:
+        raise ValueError(f"No results.json found under {', '.join(map(str, paths))}.")
+    return results
+
+
+def summarize(results, baseline="finetune"):
+    """One row per (dataset, method): seeds, mean and std of test accuracy, error reduction.
+
+    The error reduction is `mean error(baseline) - mean error(method)` in percentage points of
+    top-1 error (positive: the method makes fewer errors than the baseline), None where the
+    dataset has no baseline run.
+    """
+    groups = {}
+    for result in results:
+        key = (result["dataset"], result["method"])
+        groups.setdefault(key, []).append(100.0 * result["test_accuracy"])
+    rows = []
+    for (dataset, method), accuracies in sorted(groups.items()):
+        base = groups.get((dataset, baseline))
+        rows.append(
+            {
+                "dataset": dataset,
+                "method": method,
+                "seeds": len(accuracies),
+                "test_accuracy_mean": statistics.fmean(accuracies),
+                "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "error_reduction_vs_" + baseline: (
+                    statistics.fmean(accuracies) - statistics.fmean(base) if base else None
+                ),
+            }
+        )
+    return rows
+
+
+def markdown(rows, baseline="finetune"):
+    """Renders `summarize` rows as a Markdown table."""
+    key = "error_reduction_vs_" + baseline
+    lines = [
+        "| dataset | method | seeds | test accuracy % (mean ± std) "
+        f"| error reduction vs {baseline} (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        reduction = "—" if row[key] is None else f"{row[key]:+.2f}"
+        lines.append(
+            f"| {row['dataset']} | {row['method']} | {row['seeds']} | "
+            f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_std']:.2f} | {reduction} |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(rows, path):
+    """Writes `summarize` rows to a CSV file."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,175 @@
+"""TrainConfig: every setting of a training run, validated before any work starts."""
+
+import dataclasses
+import json
+import pathlib
+import re
+
+from adafilter_keras import validation
+from adafilter_keras.training.backbones import BACKBONES
+
+METHODS = ("adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block")
+SCHEDULES = ("cosine", "step")
+PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+DISTRIBUTIONS = (None, "mirrored", "multi_worker", "data_parallel")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The settings of one training run. Every field has a command-line flag of the same name.
+
+    Attributes:
+        dataset: Registry name (`adafilter-keras datasets`) or `folder:/path`.
+        method: One of `METHODS`: `adafilter`; `finetune` (every weight trains);
+            `feature_extraction` (frozen backbone, new head); `l2sp` (fine-tuning with
+            `l2sp_alpha / 2 * ||w - w0||^2` on the backbone and `l2sp_beta / 2 * ||w||^2` on the
+            head); `stochastic` (AdaFilter layers with random gates at `random_rate`); `block`
+            (one learned gate per residual block).
+        backbone: `keras.applications` model name, or `SmallResNet` (tests, quick start).
+        weights: `imagenet`, a weights file, or `none`.
+        image_size: Input side in pixels.
+        batch_size: Global batch size.
+        epochs: Training epochs.
+        seed: Seed of the data split, augmentation, initialisation and gates.
+        validation_fraction: Fraction of the training split used for model selection.
+        shots_per_class: Optional k for k-shot training.
+        data_dir: Where datasets are looked for (default `$TFDS_DATA_DIR`/`~/tensorflow_datasets`).
+        learning_rate: Peak learning rate of the backbone.
+        head_lr_multiplier: Learning-rate multiplier of the new head.
+        controller_lr_multiplier: Learning-rate multiplier of the gate controller.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay on kernels (added to the gradient, as in `torch.optim.SGD`).
+        warmup_epochs: Epochs of linear warm-up from 0 to the peak rate.
+        schedule: `cosine` (to 0 at the end) or `step` (times `step_factor` at `step_epochs`).
+        step_epochs: Epochs where the step schedule decays; default 2/3 and 8/9 of `epochs`.
+        step_factor: Decay factor of the step schedule.
+        label_smoothing: Label smoothing of the cross-entropy.
+        controller_units: Width of the gate controller.
+        temperature: Gate temperature.
+        pretrained_bn: `frozen` or `adapt`: the pre-trained branch of every gated BN.
+        random_rate: Gate probability of the `stochastic` method.
+        l2sp_alpha: L2-SP strength toward the pre-trained weights.
+        l2sp_beta: L2 strength on the head for L2-SP.
+        mixed_precision: None, `mixed_float16` or `mixed_bfloat16`.
+        jit_compile: `auto`, true or false (passed to `model.compile`).
+        distribution: None, `mirrored` (TensorFlow, all local GPUs), `multi_worker` (TensorFlow,
+            `TF_CONFIG`) or `data_parallel` (JAX).
+        run_dir: Output directory; default `runs/<dataset>/<method>/seed<seed>`.
+        steps_per_epoch: Optional cap on training steps per epoch (smoke tests).
+        cache: Input pipeline caching: `auto`, true or false.
+    """
+
+    dataset: str
+    method: str = "adafilter"
+    backbone: str = "ResNet50"
+    weights: str | None = "imagenet"
+    image_size: int = 224
+    batch_size: int = 32
+    epochs: int = 30
+    seed: int = 0
+    validation_fraction: float = 0.1
+    shots_per_class: int | None = None
+    data_dir: str | None = None
+    learning_rate: float = 0.01
+    head_lr_multiplier: float = 10.0
+    controller_lr_multiplier: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    schedule: str = "cosine"
+    step_epochs: list | None = None
+    step_factor: float = 0.1
+    label_smoothing: float = 0.0
+    controller_units: int = 64
+    temperature: float = 1.0
+    pretrained_bn: str = "frozen"
+    random_rate: float = 0.5
+    l2sp_alpha: float = 0.01
+    l2sp_beta: float = 0.01
+    mixed_precision: str | None = None
+    jit_compile: str | bool = "auto"
+    distribution: str | None = None
+    run_dir: str | None = None
+    steps_per_epoch: int | None = None
+    cache: str | bool = "auto"
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(
+                f"`dataset` must be a dataset name. Received: dataset={self.dataset!r}"
+            )
+        if self.weights in ("none", "None", ""):
+            self.weights = None
+        validation.one_of("method", self.method, METHODS)
+        validation.one_of("backbone", self.backbone, BACKBONES)
+        validation.one_of("schedule", self.schedule, SCHEDULES)
+        validation.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
+        validation.one_of("distribution", self.distribution, DISTRIBUTIONS)
+        validation.one_of("pretrained_bn", self.pretrained_bn, ("frozen", "adapt"))
+        validation.one_of("jit_compile", self.jit_compile, ("auto", True, False))
+        validation.one_of("cache", self.cache, ("auto", True, False))
+        for name in ("image_size", "batch_size", "epochs", "controller_units"):
+            validation.positive_int(name, getattr(self, name))
+        for name in ("learning_rate", "temperature", "step_factor"):
+            validation.positive_float(name, getattr(self, name))
+        for name in ("head_lr_multiplier", "controller_lr_multiplier", "weight_decay",
+                     "l2sp_alpha", "l2sp_beta", "label_smoothing", "momentum"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={value!r}")
+        if self.momentum >= 1 or self.label_smoothing >= 1:
+            raise ValueError(
+                "`momentum` and `label_smoothing` must be < 1. "
+                f"Received: momentum={self.momentum!r}, label_smoothing={self.label_smoothing!r}"
+            )
+        if not 0 < self.random_rate < 1:
+            raise ValueError(f"`random_rate` must be in (0, 1). Received: {self.random_rate!r}")
+        if (
+            isinstance(self.warmup_epochs, bool)
+            or not isinstance(self.warmup_epochs, int)
+            or (not 0 <= self.warmup_epochs < self.epochs)
+        ):
+            raise ValueError(
+                "`warmup_epochs` must be an int in [0, epochs). "
+                f"Received: warmup_epochs={self.warmup_epochs!r} with epochs={self.epochs}"
+            )
+        for name in ("shots_per_class", "steps_per_epoch"):
+            if getattr(self, name) is not None:
+                validation.positive_int(name, getattr(self, name))
+
+    @property
+    def resolved_run_dir(self):
+        """The run directory, defaulting to `runs/<dataset>/<method>/seed<seed>`."""
+        if self.run_dir:
+            return pathlib.Path(self.run_dir).expanduser()
+        dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.dataset).strip("_")
+        return pathlib.Path("runs") / dataset / self.method / f"seed{self.seed}"
+
+    def to_dict(self):
+        """All fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Builds a config from a dict, refusing unknown keys with the list of known ones."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown configuration keys {unknown}. Known keys: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path, **overrides):
+        """Reads a JSON config file (a flat object of fields); `overrides` win over the file."""
+        path = pathlib.Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"Config file {str(path)!r} does not exist.") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Config file {str(path)!r} is not valid JSON: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"Config file {str(path)!r} must hold a JSON object of settings.")
+        return cls.from_dict({**values, **overrides})

@@ -1,0 +1,268 @@
+"""`train(config)`: one run, from dataset name to a run directory with results.json."""
+
+import contextlib
+import csv
+import json
+import math
+import platform
+import time
+
+import keras
+import numpy as np
+
+from adafilter_keras import data
+from adafilter_keras.inspection import count_parameters, find_controller
+from adafilter_keras.training import callbacks as run_callbacks
+from adafilter_keras.training.config import TrainConfig
+from adafilter_keras.training.methods import HEAD, build_model
+from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
+from adafilter_keras.version import __version__
+
+BEST_WEIGHTS = "best.weights.h5"
+LAST_WEIGHTS = "last.weights.h5"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+def train(config, verbose="auto", callbacks=()):
+    """Runs one training run and writes its run directory.
+
+    The run directory holds `config.json` (the resolved config), `results.json` (dataset,
+    method, seed, versions, backbone, parameter counts, best validation accuracy and its epoch,
+    the test accuracy scored once at the end with the best-on-validation weights, gate
+    statistics, wall time), `log.csv`, TensorBoard logs under `logs/`, `best.weights.h5`, and,
+    while a run is unfinished, `backup/` from which the same command resumes.
+
+    Args:
+        config: A `TrainConfig` (or a dict of its fields).
+        verbose: Passed to `model.fit`.
+        callbacks: Extra Keras callbacks, run after the harness's own.
+
+    Returns:
+        The results dict also written to `results.json`.
+
+    Raises:
+        ValueError: Bad configuration, unknown dataset or backbone, data or weights unavailable:
+            all raised before training starts.
+        TrainingDivergedError: The loss became NaN; the last good checkpoint is kept.
+    """
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    started = time.time()
+    run_dir = config.resolved_run_dir
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
+    strategy_scope = _distribution_scope(config)
+    dataset = data.load(
+        config.dataset,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        shots_per_class=config.shots_per_class,
+        normalization=data.normalization_for(
+            "resnet" if config.backbone == "SmallResNet" else config.backbone
+        ),
+        cache=config.cache,
+    )
+    train_data, validation_data, test_data = (
+        _one_hot(ds, dataset.num_classes) if ds is not None else None
+        for ds in (dataset.train, dataset.validation, dataset.test)
+    )
+    steps_per_epoch = config.steps_per_epoch or math.ceil(
+        dataset.sizes["train"] / config.batch_size
+    )
+    steps_per_epoch = min(steps_per_epoch, math.ceil(dataset.sizes["train"] / config.batch_size))
+    with strategy_scope:
+        model = build_model(config, dataset.num_classes)
+        model.compile(
+            optimizer=_optimizer(config, steps_per_epoch),
+            loss=keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=config.label_smoothing
+            ),
+            metrics=["accuracy"],
+            jit_compile=config.jit_compile,
+        )
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    history_so_far = _read_csv_log(run_dir / "log.csv")
+    monitor = "val_accuracy" if validation_data is not None else "accuracy"
+    best_so_far = max((row.get(monitor, -math.inf) for row in history_so_far), default=None)
+    gates = run_callbacks.GateStatistics(run_dir / "logs" / "gates") if _has_gates(model) else None
+    nan_guard = run_callbacks.StopOnNaN(
+        lambda epoch, batch: TrainingDivergedError(
+            f"The loss became NaN or infinite at epoch {epoch + 1}, batch {batch}; training "
+            f"stopped. The last good checkpoints are {run_dir / BEST_WEIGHTS} (best on "
+            f"validation so far) and {run_dir / 'backup'} (the last completed epoch, from "
+            "which the same command resumes). Lower learning_rate (now "
+            f"{config.learning_rate}) or check the data."
+        )
+    )
+    callback_list = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        nan_guard,
+        *([gates] if gates else []),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / BEST_WEIGHTS),
+            monitor=monitor,
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        *callbacks,
+    ]
+    fit_started = time.time()
+    history = model.fit(
+        train_data.repeat() if config.steps_per_epoch else train_data,
+        validation_data=validation_data,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch if config.steps_per_epoch else None,
+        callbacks=callback_list,
+        verbose=verbose,
+        shuffle=False,  # the training pipeline shuffles itself
+    )
+    model.save_weights(str(run_dir / LAST_WEIGHTS))
+    rows = _read_csv_log(run_dir / "log.csv")
+    if (run_dir / BEST_WEIGHTS).exists():
+        model.load_weights(str(run_dir / BEST_WEIGHTS))
+    test_loss, test_accuracy = model.evaluate(test_data, verbose=0)
+    results = _results(config, dataset, model, rows, monitor, gates, history, test_accuracy)
+    results.update(
+        test_loss=float(test_loss),
+        wall_time_s=time.time() - started,
+        fit_time_s=time.time() - fit_started,
+        run_dir=str(run_dir),
+    )
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _results(config, dataset, model, rows, monitor, gates, history, test_accuracy):
+    best = max(rows, key=lambda row: row.get(monitor, -math.inf)) if rows else {}
+    gate_summary = None
+    if gates is not None and gates.history:
+        last = gates.history[-1]
+        gate_summary = {
+            "layers": gates.layer_names,
+            "fraction_finetuned_last_epoch": last,
+            "mean_fraction_finetuned_last_epoch": float(np.nanmean(last)),
+        }
+    return {
+        "dataset": dataset.name,
+        "method": config.method,
+        "seed": config.seed,
+        "backbone": config.backbone,
+        "weights": config.weights,
+        "status": "completed",
+        "epochs": config.epochs,
+        "epochs_in_log": len(rows),
+        "sizes": dataset.sizes,
+        "num_classes": dataset.num_classes,
+        "parameters": count_parameters(model),
+        "best_epoch": int(best["epoch"]) + 1 if "epoch" in best else None,
+        "best_validation_accuracy": best.get("val_accuracy"),
+        "test_accuracy": float(test_accuracy),
+        "gates": gate_summary,
+        "versions": versions(),
+        "config": config.to_dict(),
+    }
+
+
+def versions():
+    """Versions of the libraries a result depends on."""
+    import tensorflow as tf
+
+    return {
+        "adafilter_keras": __version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _optimizer(config, steps_per_epoch):
+    schedule = WarmupDecay(
+        peak=config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+        kind=config.schedule,
+        boundaries=[
+            e * steps_per_epoch
+            for e in (config.step_epochs or [config.epochs * 2 // 3, config.epochs * 8 // 9])
+        ],
+        factor=config.step_factor,
+    )
+    return SGDWithMultipliers(
+        learning_rate=schedule,
+        momentum=config.momentum,
+        weight_decay_l2=0.0 if config.method == "l2sp" else config.weight_decay,
+        multipliers={
+            f"^{HEAD}/": config.head_lr_multiplier,
+            "gate_controller": config.controller_lr_multiplier,
+        },
+    )
+
+
+def _one_hot(dataset, num_classes):
+    import tensorflow as tf
+
+    return dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+
+
+def _has_gates(model):
+    try:
+        controller = find_controller(model)
+    except ValueError:
+        return False
+    return controller is not None
+
+
+def _distribution_scope(config):
+    backend = keras.backend.backend()
+    if config.distribution is None:
+        return contextlib.nullcontext()
+    if config.distribution in ("mirrored", "multi_worker"):
+        if backend != "tensorflow":
+            raise ValueError(
+                f"distribution={config.distribution!r} needs the TensorFlow backend; on "
+                f"{backend} use distribution='data_parallel'."
+            )
+        import tensorflow as tf
+
+        strategy = (
+            tf.distribute.MirroredStrategy()
+            if config.distribution == "mirrored"
+            else tf.distribute.MultiWorkerMirroredStrategy()
+        )
+        return strategy.scope()
+    if backend != "jax":
+        raise ValueError(
+            f"distribution='data_parallel' needs the JAX backend; on {backend} use 'mirrored'."
+        )
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    return contextlib.nullcontext()
+
+
+def _read_csv_log(path):
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        rows = []
+        for row in csv.DictReader(handle):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value)
+                except (TypeError, ValueError):
+                    parsed[key] = value
+            rows.append(parsed)
+        return rows

@@ -1,0 +1,15 @@
+"""Train on CUB-200-2011 birds (200 classes), via TFDS.
+
+    python examples/train_cub.py --method adafilter --epochs 30 --seed 0
+    python examples/train_cub.py --help     # every setting
+
+Defaults: ResNet50 with ImageNet weights, 224 px unless set below, SGD with momentum, cosine
+schedule; any flag of `adafilter-keras train` overrides them.
+"""
+
+import sys
+
+from adafilter_keras.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main(dataset="caltech_birds2011"))

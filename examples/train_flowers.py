@@ -1,0 +1,15 @@
+"""Train on Oxford Flowers-102, via TFDS.
+
+    python examples/train_flowers.py --method adafilter --epochs 30 --seed 0
+    python examples/train_flowers.py --help     # every setting
+
+Defaults: ResNet50 with ImageNet weights, 224 px unless set below, SGD with momentum, cosine
+schedule; any flag of `adafilter-keras train` overrides them.
+"""
+
+import sys
+
+from adafilter_keras.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main(dataset="oxford_flowers102"))

@@ -1,0 +1,15 @@
+"""Train on UCF-101 as frames (Visual Decathlon dynamic images, 101 classes), via TFDS.
+
+    python examples/train_ucf101.py --method adafilter --epochs 30 --seed 0
+    python examples/train_ucf101.py --help     # every setting
+
+Defaults: ResNet50 with ImageNet weights, 224 px unless set below, SGD with momentum, cosine
+schedule; any flag of `adafilter-keras train` overrides them.
+"""
+
+import sys
+
+from adafilter_keras.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main(dataset="ucf101", image_size=72))

@@ -1,0 +1,250 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from adafilter_keras.training import TrainConfig, TrainingDivergedError, compare, train
+from adafilter_keras.training.backbones import WeightsUnavailableError, build_backbone
+from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
+
+TINY = dict(
+    dataset="uci_digits",
+    backbone="SmallResNet",
+    weights="none",
+    image_size=16,
+    batch_size=32,
+    epochs=2,
+    steps_per_epoch=3,
+    warmup_epochs=0,
+    learning_rate=0.05,
+    controller_units=8,
+)
+
+
+def _config(tmp_path, **overrides):
+    return TrainConfig.from_dict({**TINY, "run_dir": str(tmp_path / "run"), **overrides})
+
+
+@pytest.mark.parametrize(
+    "method", ["adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block"]
+)
+def test_each_method_trains_and_writes_its_run_directory(tmp_path, method):
+    config = _config(tmp_path, method=method, epochs=1)
+    results = train(config, verbose=0)
+    run = tmp_path / "run"
+    for name in ("config.json", "results.json", "log.csv", "best.weights.h5"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()  # a finished run leaves no backup
+    written = json.loads((run / "results.json").read_text())
+    assert written["method"] == method and written["dataset"] == "uci_digits"
+    assert written["seed"] == 0 and written["backbone"] == "SmallResNet"
+    assert 0.0 <= written["test_accuracy"] <= 1.0
+    assert written["test_accuracy"] == results["test_accuracy"]
+    assert written["best_epoch"] == 1 and written["epochs_in_log"] == 1
+    assert written["sizes"]["test"] == 359
+    assert set(written["versions"]) >= {"adafilter_keras", "keras", "backend", "tensorflow"}
+    assert written["parameters"]["trainable"] > 0 and written["wall_time_s"] > 0
+    assert json.loads((run / "config.json").read_text())["method"] == method
+    if method in ("adafilter", "stochastic", "block"):
+        gates = written["gates"]
+        fractions = gates["fraction_finetuned_last_epoch"]
+        assert len(fractions) == len(gates["layers"]) and all(0 <= f <= 1 for f in fractions)
+        assert any(p.name.startswith("events") for p in (run / "logs" / "gates").iterdir())
+    else:
+        assert written["gates"] is None
+    if method == "feature_extraction":
+        assert written["parameters"]["trainable"] == 64 * 10 + 10  # the head only
+    if method == "stochastic":
+        assert written["parameters"]["controller"] == 0
+
+
+def test_lr_multipliers_scale_the_update_per_group():
+    head = keras.Variable(np.ones((2, 2)), name="head_kernel")
+    other = keras.Variable(np.ones((2, 2)), name="conv_kernel")
+    optimizer = SGDWithMultipliers(0.1, momentum=0.0, multipliers={"^head": 10.0})
+    assert optimizer.multiplier_for(head) == 10.0 and optimizer.multiplier_for(other) == 1.0
+    gradient = np.full((2, 2), 0.5, "float32")
+    optimizer.apply([gradient, gradient], [head, other])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(head), 1 - 0.1 * 10 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(other), 1 - 0.1 * 0.5, rtol=1e-6)
+    restored = SGDWithMultipliers.from_config(optimizer.get_config())
+    assert restored.multipliers == {"^head": 10.0}
+
+
+def test_l2_weight_decay_is_added_to_kernel_gradients_only():
+    kernel = keras.Variable(np.full((2, 2), 2.0), name="k")
+    bias = keras.Variable(np.full((2,), 2.0), name="b")
+    optimizer = SGDWithMultipliers(0.1, momentum=0.0, weight_decay_l2=0.5)
+    optimizer.apply([np.zeros((2, 2), "float32"), np.zeros((2,), "float32")], [kernel, bias])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), 2 - 0.1 * 0.5 * 2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), 2.0)
+
+
+def test_warmup_then_cosine_and_step_schedules():
+    cosine = WarmupDecay(1.0, total_steps=110, warmup_steps=10, kind="cosine")
+    value = lambda schedule, step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731
+    assert value(cosine, 0) == pytest.approx(0.1) and value(cosine, 9) == pytest.approx(1.0)
+    assert value(cosine, 60) == pytest.approx(0.5, abs=1e-6)
+    assert value(cosine, 110) == pytest.approx(0.0, abs=1e-6)
+    step = WarmupDecay(1.0, total_steps=100, kind="step", boundaries=[50, 80], factor=0.1)
+    assert [round(value(step, s), 6) for s in (0, 49, 50, 79, 80)] == [1, 1, 0.1, 0.1, 0.01]
+    assert WarmupDecay(**step.get_config()).get_config() == step.get_config()
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (dict(method="magic"), ValueError, "Received: method='magic'"),
+        (dict(backbone="AlexNet"), ValueError, "Received: backbone='AlexNet'"),
+        (dict(dataset="imagenette"), ValueError, "Unknown dataset 'imagenette'"),
+        (dict(weights="/no/such/file.h5"), WeightsUnavailableError, "does not exist"),
+        (dict(learning_rate=0), ValueError, "Received: learning_rate=0"),
+        (dict(warmup_epochs=5), ValueError, "warmup_epochs"),
+    ],
+)
+def test_bad_runs_fail_before_training(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        train(_config(tmp_path, **overrides), verbose=0)
+    assert not (tmp_path / "run" / "log.csv").exists()
+
+
+def test_weights_file_for_another_backbone_is_refused(tmp_path):
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    with pytest.raises(WeightsUnavailableError, match="does not fit backbone SmallResNet"):
+        build_backbone("SmallResNet", str(path), (16, 16, 3))
+
+
+def test_imagenet_weights_without_network_say_where_to_put_the_file(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(fname, origin, *args, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name unknown")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_backbone("ResNet50", "imagenet", (32, 32, 3))
+    message = str(info.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "KERAS_HOME" in message and "pass its path" in message
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    run_dir = tmp_path / "run"
+    config = {**TINY, "epochs": 3, "run_dir": str(run_dir)}
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, keras
+        from adafilter_keras.training import TrainConfig, train
+
+        class KillAfterFirstEpoch(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        extra = [KillAfterFirstEpoch()] if sys.argv[1] == "kill" else []
+        train(TrainConfig.from_dict({config!r}), verbose=0, callbacks=extra)
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    command = [sys.executable, "-c", script]
+    killed = subprocess.run([*command, "kill"], env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (run_dir / "backup").is_dir() and not (run_dir / "results.json").exists()
+    first_log = (run_dir / "log.csv").read_text()
+    assert len(first_log.strip().splitlines()) == 2  # header + epoch 1
+    resumed = subprocess.run([*command, "go"], env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (run_dir / "log.csv").read_text().strip().splitlines()
+    assert log[: len(first_log.strip().splitlines())] == first_log.strip().splitlines()
+    epochs = [int(line.split(",")[0]) for line in log[1:]]
+    assert epochs == [0, 1, 2]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs_in_log"] == 3 and not (run_dir / "backup").exists()
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    class PoisonSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                head = self.model.get_layer("head")
+                head.kernel.assign(np.full(head.kernel.shape, np.nan))
+
+    config = _config(tmp_path, method="finetune", epochs=3)
+    with pytest.raises(TrainingDivergedError, match="NaN or infinite at epoch 2.*best.weights.h5"):
+        train(config, verbose=0, callbacks=[PoisonSecondEpoch()])
+    run = tmp_path / "run"
+    assert (run / "best.weights.h5").is_file() and (run / "backup").is_dir()
+    assert not (run / "results.json").exists()
+    import h5py  # the checkpoint holds finite weights
+
+    with h5py.File(run / "best.weights.h5") as weights:
+        values = []
+        weights.visititems(
+            lambda name, item: values.append(np.asarray(item)) if hasattr(item, "shape") else None
+        )
+    assert values and all(np.isfinite(v).all() for v in values)
+
+
+def _fake_results(root, dataset, method, seed, accuracy):
+    run = root / dataset / method / f"seed{seed}"
+    run.mkdir(parents=True)
+    record = {"dataset": dataset, "method": method, "seed": seed, "test_accuracy": accuracy}
+    (run / "results.json").write_text(json.dumps(record))
+
+
+def test_compare_table_means_stds_and_error_reduction(tmp_path):
+    for seed, (ft, ada) in enumerate([(0.80, 0.84), (0.82, 0.86)]):
+        _fake_results(tmp_path, "dogs", "finetune", seed, ft)
+        _fake_results(tmp_path, "dogs", "adafilter", seed, ada)
+    _fake_results(tmp_path, "cars", "adafilter", 0, 0.5)
+    rows = compare.summarize(compare.collect([tmp_path]))
+    by_key = {(r["dataset"], r["method"]): r for r in rows}
+    ada = by_key[("dogs", "adafilter")]
+    assert ada["seeds"] == 2 and ada["test_accuracy_mean"] == pytest.approx(85.0)
+    assert ada["test_accuracy_std"] == pytest.approx(np.std([84, 86], ddof=1))
+    assert ada["error_reduction_vs_finetune"] == pytest.approx(4.0)
+    assert by_key[("cars", "adafilter")]["error_reduction_vs_finetune"] is None
+    table = compare.markdown(rows)
+    assert "| dogs | adafilter | 2 | 85.00 ± 1.41 | +4.00 |" in table
+    assert "| cars | adafilter | 1 | 50.00 ± 0.00 | — |" in table
+    compare.write_csv(rows, tmp_path / "table.csv")
+    assert (tmp_path / "table.csv").read_text().startswith("dataset,method,seeds")
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "adafilter_keras.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_train_and_compare(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TINY, "epochs": 1, "run_dir": str(tmp_path / "runs" / "a")}))
+    result = _cli("train", "--config", str(config), "--method", "finetune", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test accuracy" in result.stdout
+    assert json.loads((tmp_path / "runs" / "a" / "config.json").read_text())["method"] == "finetune"
+    table = _cli("compare", str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv"))
+    assert table.returncode == 0 and "| uci_digits | finetune | 1 |" in table.stdout
+    assert (tmp_path / "t.csv").is_file()
+
+
+def test_cli_train_errors_are_one_line(tmp_path):
+    result = _cli("train", "--dataset", "uci_digits", "--method", "magic")
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]  # TensorFlow may log lines before it
+    assert last_line.startswith("adafilter-keras train: error:")
+    assert "Received: method='magic'" in result.stderr and "Traceback" not in result.stderr
+    help_text = _cli("train", "--help").stdout
+    assert "--learning-rate" in help_text and "--controller-lr-multiplier" in help_text
+    missing = _cli("compare", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "No such run directory" in missing.stderr
