@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 from adafilter_keras import AdaFilterConv2D, GateController, GatedBatchNorm
 
@@ -166,3 +167,11 @@ def relative_difference(expected, actual):
     """max |expected - actual| / max |expected|."""
     expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
     return float(np.max(np.abs(expected - actual)) / np.max(np.abs(expected)))
+
+
+# Tests of code that does not depend on the Keras backend (tf.data pipelines, the command line,
+# result tables) run once, in the TensorFlow env, to keep `tox` short.
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="backend-independent; runs in the TensorFlow env",
+)

@@ -1,7 +1,11 @@
 import subprocess
 import sys
 
+from support import tensorflow_only
+
 import adafilter_keras
+
+pytestmark = tensorflow_only
 
 
 def _run(*args):

@@ -6,11 +6,14 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import tensorflow_only
 
 from adafilter_keras import data
 from adafilter_keras.data import preprocessing, registry, splits
 from adafilter_keras.data.sources import folder as folder_source
 from adafilter_keras.data.sources import tfds as tfds_source
+
+pytestmark = tensorflow_only
 
 
 def write_image_folder(root, splits_classes, size=(20, 16), corrupt=()):

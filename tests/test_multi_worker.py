@@ -12,6 +12,15 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# Keras 3.15's TensorFlow trainer reduces the first distributed batch in `_maybe_symbolic_build`,
+# which fails under MultiWorkerMirroredStrategy with more than one worker ("Attempt to convert a
+# value (PerReplica...)"); upstream: keras-team/keras#20585. Strict, so a fixed Keras shows up.
+KNOWN_UPSTREAM_FAILURE = pytest.mark.xfail(
+    reason="keras-team/keras#20585: Keras 3 fit() fails under MultiWorkerMirroredStrategy",
+    raises=AssertionError,
+    strict=True,
+)
+
 
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
@@ -23,6 +32,7 @@ def _free_ports(count):
     return ports
 
 
+@KNOWN_UPSTREAM_FAILURE
 def test_two_workers_on_loopback_agree_on_the_final_weights(tmp_path):
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{port}" for port in ports]

@@ -7,6 +7,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from support import tensorflow_only
 
 from adafilter_keras.training import TrainConfig, TrainingDivergedError, compare, train
 from adafilter_keras.training.backbones import WeightsUnavailableError, build_backbone
@@ -198,6 +199,7 @@ def _fake_results(root, dataset, method, seed, accuracy):
     (run / "results.json").write_text(json.dumps(record))
 
 
+@tensorflow_only
 def test_compare_table_means_stds_and_error_reduction(tmp_path):
     for seed, (ft, ada) in enumerate([(0.80, 0.84), (0.82, 0.86)]):
         _fake_results(tmp_path, "dogs", "finetune", seed, ft)
@@ -226,6 +228,7 @@ def _cli(*args):
     )
 
 
+@tensorflow_only
 def test_cli_train_and_compare(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TINY, "epochs": 1, "run_dir": str(tmp_path / "runs" / "a")}))
@@ -238,6 +241,7 @@ def test_cli_train_and_compare(tmp_path):
     assert (tmp_path / "t.csv").is_file()
 
 
+@tensorflow_only
 def test_cli_train_errors_are_one_line(tmp_path):
     result = _cli("train", "--dataset", "uci_digits", "--method", "magic")
     assert result.returncode == 2
@@ -248,3 +252,15 @@ def test_cli_train_errors_are_one_line(tmp_path):
     assert "--learning-rate" in help_text and "--controller-lr-multiplier" in help_text
     missing = _cli("compare", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "No such run directory" in missing.stderr
+
+
+def test_distribution_of_the_current_backend_trains_and_the_other_is_refused(tmp_path):
+    ours, theirs = (
+        ("mirrored", "data_parallel")
+        if keras.backend.backend() == "tensorflow"
+        else ("data_parallel", "mirrored")
+    )
+    with pytest.raises(ValueError, match=f"distribution='{theirs}' needs the"):
+        train(_config(tmp_path, distribution=theirs, epochs=1), verbose=0)
+    results = train(_config(tmp_path, distribution=ours, epochs=1), verbose=0)
+    assert results["config"]["distribution"] == ours and 0 <= results["test_accuracy"] <= 1
