@@ -1,5 +1,10 @@
 """Helpers shared by the tests: a hand-built AdaFilter CNN, NumPy references and gradients."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -175,3 +180,25 @@ tensorflow_only = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="backend-independent; runs in the TensorFlow env",
 )
+
+
+def run_python(script, *args, timeout=300):
+    """Runs `script` (dedented) in a fresh Python process on the current Keras backend."""
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_cli(*args, timeout=300):
+    """Runs `adafilter-keras ARGS...` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "adafilter_keras.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,20 +1,11 @@
-import subprocess
-import sys
-
-from support import tensorflow_only
+from support import run_cli, tensorflow_only
 
 import adafilter_keras
 
 pytestmark = tensorflow_only
 
 
-def _run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "adafilter_keras.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+_run = run_cli
 
 
 def test_version_prints_the_package_version():

@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import tensorflow_only
+from support import run_cli, tensorflow_only
 
 from adafilter_keras import data
 from adafilter_keras.data import preprocessing, registry, splits
@@ -318,11 +316,7 @@ def test_eval_crop_is_central_and_sized():
 
 def test_datasets_command_lists_status(tmp_path):
     write_image_folder(tmp_path / "mit_indoor67", {"train": {"a": 1}, "test": {"a": 1}})
-    result = subprocess.run(
-        [sys.executable, "-m", "adafilter_keras.cli", "datasets", "--data-dir", str(tmp_path),
-         "--json"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_cli("datasets", "--data-dir", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["mit_indoor67"]["status"].startswith("present")

@@ -1,14 +1,9 @@
 """The three layers compose into a functional model that trains, saves and loads."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
-from support import build_small_cnn, loss_gradients, to_numpy
+from support import build_small_cnn, loss_gradients, run_python, to_numpy
 
 from adafilter_keras import gate_model
 
@@ -111,7 +106,7 @@ def test_keras_file_round_trip_in_a_fresh_process(rng, tmp_path):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
 
-    script = textwrap.dedent(
+    result = run_python(
         f"""
         import numpy as np, keras
         import adafilter_keras  # registers the layers for deserialization
@@ -121,10 +116,6 @@ def test_keras_file_round_trip_in_a_fresh_process(rng, tmp_path):
         history = model.fit(x, np.load({str(tmp_path / "y.npy")!r}), batch_size=8, verbose=0)
         print("loss", history.history["loss"][0])
         """
-    )
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "predicted.npy"), expected)

@@ -1,13 +1,9 @@
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
-from support import tensorflow_only
+from support import run_cli, run_python, tensorflow_only
 
 from adafilter_keras.training import TrainConfig, TrainingDivergedError, compare, train
 from adafilter_keras.training.backbones import WeightsUnavailableError, build_backbone
@@ -139,8 +135,7 @@ def test_imagenet_weights_without_network_say_where_to_put_the_file(monkeypatch)
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     run_dir = tmp_path / "run"
     config = {**TINY, "epochs": 3, "run_dir": str(run_dir)}
-    script = textwrap.dedent(
-        f"""
+    script = f"""
         import os, signal, sys, keras
         from adafilter_keras.training import TrainConfig, train
 
@@ -151,15 +146,12 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
         extra = [KillAfterFirstEpoch()] if sys.argv[1] == "kill" else []
         train(TrainConfig.from_dict({config!r}), verbose=0, callbacks=extra)
         """
-    )
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
-    command = [sys.executable, "-c", script]
-    killed = subprocess.run([*command, "kill"], env=env, capture_output=True, timeout=300)
+    killed = run_python(script, "kill")
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (run_dir / "backup").is_dir() and not (run_dir / "results.json").exists()
     first_log = (run_dir / "log.csv").read_text()
     assert len(first_log.strip().splitlines()) == 2  # header + epoch 1
-    resumed = subprocess.run([*command, "go"], env=env, capture_output=True, timeout=300)
+    resumed = run_python(script, "go")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = (run_dir / "log.csv").read_text().strip().splitlines()
     assert log[: len(first_log.strip().splitlines())] == first_log.strip().splitlines()
@@ -219,13 +211,7 @@ def test_compare_table_means_stds_and_error_reduction(tmp_path):
     assert (tmp_path / "table.csv").read_text().startswith("dataset,method,seeds")
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "adafilter_keras.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+_cli = run_cli
 
 
 @tensorflow_only

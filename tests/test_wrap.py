@@ -1,13 +1,15 @@
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import keras
 import numpy as np
 import pytest
-from support import build_plain_resnet, randomize_batch_norms, relative_difference, to_numpy
+from support import (
+    build_plain_resnet,
+    randomize_batch_norms,
+    relative_difference,
+    run_python,
+    to_numpy,
+)
 
 import adafilter_keras as ak
 
@@ -212,7 +214,7 @@ def test_wrapped_model_saves_and_loads_in_a_fresh_process(tmp_path, rng):
     wrapped.save(path)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    script = textwrap.dedent(
+    result = run_python(
         f"""
         import numpy as np, keras
         import adafilter_keras as ak
@@ -225,10 +227,6 @@ def test_wrapped_model_saves_and_loads_in_a_fresh_process(tmp_path, rng):
         history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
         print("gated", len(gated), "losses", *history.history["loss"])
         """
-    )
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "predicted.npy"), expected)
