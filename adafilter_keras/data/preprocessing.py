@@ -17,7 +17,6 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 _BACKBONE_NORMALIZATION = {
     "resnet": "caffe",
     "vgg": "caffe",
-    "resnet_v2": "tf",
     "mobilenet": "tf",
     "inception": "tf",
     "xception": "tf",

@@ -220,10 +220,10 @@ def _one_hot(dataset, num_classes):
 
 def _has_gates(model):
     try:
-        controller = find_controller(model)
+        find_controller(model)
     except ValueError:
         return False
-    return controller is not None
+    return True
 
 
 def _distribution_scope(config):
