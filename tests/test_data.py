@@ -324,3 +324,21 @@ def test_datasets_command_lists_status(tmp_path):
     assert rows["stanford_dogs"]["status"] == f"downloadable (TFDS, into {tmp_path})"
     assert rows["uci_digits"]["status"].startswith("present (bundled")
     assert rows["cars196"]["classes"] == 196
+
+
+def test_rest_as_test_scores_every_unused_training_example():
+    plain = data.load("uci_digits", image_size=8, batch_size=2000, shots_per_class=5, seed=3)
+    rest = data.load(
+        "uci_digits", image_size=8, batch_size=2000, shots_per_class=5, seed=3, rest_as_test=True
+    )
+    sizes = rest.sizes
+    assert sizes["train"] == 50 and sizes["validation"] == plain.sizes["validation"]
+    assert sizes["train"] + sizes["validation"] + sizes["test"] == 1797  # every image once
+    test_images, test_labels = _collect(rest.test)
+    assert len(test_labels) == sizes["test"]
+    # The fixed test split is still all there, plus the unused training images.
+    test_rows = {image.tobytes() for image in test_images}
+    plain_test_rows = {image.tobytes() for image in _collect(plain.test)[0]}
+    assert plain_test_rows <= test_rows
+    with pytest.raises(ValueError, match="needs `shots_per_class`"):
+        data.load("uci_digits", rest_as_test=True)

@@ -184,10 +184,11 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert values and all(np.isfinite(v).all() for v in values)
 
 
-def _fake_results(root, dataset, method, seed, accuracy):
-    run = root / dataset / method / f"seed{seed}"
+def _fake_results(root, dataset, method, seed, accuracy, shots=None):
+    run = root / dataset / str(shots) / method / f"seed{seed}"
     run.mkdir(parents=True)
     record = {"dataset": dataset, "method": method, "seed": seed, "test_accuracy": accuracy}
+    record["config"] = {"shots_per_class": shots}
     (run / "results.json").write_text(json.dumps(record))
 
 
@@ -208,7 +209,21 @@ def test_compare_table_means_stds_and_error_reduction(tmp_path):
     assert "| dogs | adafilter | 2 | 85.00 ± 1.41 | +4.00 |" in table
     assert "| cars | adafilter | 1 | 50.00 ± 0.00 | — |" in table
     compare.write_csv(rows, tmp_path / "table.csv")
-    assert (tmp_path / "table.csv").read_text().startswith("dataset,method,seeds")
+    assert (tmp_path / "table.csv").read_text().startswith("dataset,shots,method,seeds")
+
+
+@tensorflow_only
+def test_compare_keeps_shots_apart(tmp_path):
+    _fake_results(tmp_path, "digits", "finetune", 0, 0.60, shots=5)
+    _fake_results(tmp_path, "digits", "adafilter", 0, 0.70, shots=5)
+    _fake_results(tmp_path, "digits", "finetune", 0, 0.90, shots=20)
+    _fake_results(tmp_path, "digits", "adafilter", 0, 0.85, shots=20)
+    rows = compare.summarize(compare.collect([tmp_path]))
+    by_key = {(r["shots"], r["method"]): r for r in rows}
+    assert by_key[(5, "adafilter")]["error_reduction_vs_finetune"] == pytest.approx(10.0)
+    assert by_key[(20, "adafilter")]["error_reduction_vs_finetune"] == pytest.approx(-5.0)
+    table = compare.markdown(rows)
+    assert "| digits | 5 | adafilter | 1 | 70.00 ± 0.00 | +10.00 |" in table
 
 
 _cli = run_cli

@@ -54,6 +54,7 @@ def load(
     normalization="caffe",
     download=True,
     cache="auto",
+    rest_as_test=False,
 ):
     """Loads a registered dataset as train / validation / test `tf.data` pipelines.
 
@@ -76,6 +77,9 @@ def load(
             `preprocessing.normalization_for(backbone_name)` picks it from a model name.
         download: Whether a TFDS dataset that is not prepared may be downloaded.
         cache: `"auto"` (cache what fits in memory), True or False.
+        rest_as_test: With `shots_per_class`, also test on the training examples that were
+            neither chosen as shots nor carved for validation (few-shot evaluation on
+            everything left, for small datasets such as `uci_digits`).
 
     Returns:
         A `LoadedDataset`.
@@ -103,20 +107,31 @@ def load(
     train_pool, validation_indices = splits.carve_validation(
         source.train.labels, validation_fraction, seed
     )
+    if rest_as_test and shots_per_class is None:
+        raise ValueError(
+            "`rest_as_test=True` moves the training examples not chosen as shots to the test "
+            "set, so it needs `shots_per_class`. Received: shots_per_class=None"
+        )
+    rest = np.array([], dtype=int)
     if shots_per_class is not None:
-        train_pool = splits.take_per_class(
+        chosen = splits.take_per_class(
             train_pool, source.train.labels, shots_per_class, seed, source.class_names
         )
-    test_indices = np.arange(len(source.test.labels))
+        if rest_as_test:
+            rest = np.setdiff1d(train_pool, chosen)
+        train_pool = chosen
+    test_parts = [(source.test, np.arange(len(source.test.labels)))]
+    if len(rest):
+        test_parts.append((source.train, rest))
 
     options = dict(image_size=image_size, batch_size=batch_size, normalization=normalization)
     train = _training_pipeline(source.train, train_pool, spec, seed=seed, cache=cache, **options)
     val = (
-        _eval_pipeline(source.train, validation_indices, spec, cache=cache, **options)
+        _eval_pipeline([(source.train, validation_indices)], spec, cache=cache, **options)
         if len(validation_indices)
         else None
     )
-    test = _eval_pipeline(source.test, test_indices, spec, cache=cache, **options)
+    test = _eval_pipeline(test_parts, spec, cache=cache, **options)
     return LoadedDataset(
         name=spec.name,
         train=train,
@@ -127,7 +142,7 @@ def load(
         sizes={
             "train": len(train_pool),
             "validation": len(validation_indices),
-            "test": len(test_indices),
+            "test": sum(len(indices) for _, indices in test_parts),
         },
         origin=source.origin,
     )
@@ -166,15 +181,21 @@ def _training_pipeline(split, indices, spec, *, image_size, batch_size, normaliz
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _eval_pipeline(split, indices, spec, *, image_size, batch_size, normalization, cache):
+def _eval_pipeline(parts, spec, *, image_size, batch_size, normalization, cache):
+    """Evaluation batches of `parts`, a list of `(split, indices)` read one after the other."""
+
     def crop(image, label):
         image = preprocessing.center_crop(
             preprocessing.to_rgb(image), image_size, crop_fraction=spec.eval_crop_fraction
         )
         return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8), label
 
-    dataset = split.read(indices).map(crop, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache is True or (cache == "auto" and len(indices) * image_size**2 * 3 <= CACHE_LIMIT_BYTES):
+    dataset = parts[0][0].read(parts[0][1])
+    for split, indices in parts[1:]:
+        dataset = dataset.concatenate(split.read(indices))
+    dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+    count = sum(len(indices) for _, indices in parts)
+    if cache is True or (cache == "auto" and count * image_size**2 * 3 <= CACHE_LIMIT_BYTES):
         dataset = dataset.cache()
     dataset = dataset.map(
         lambda image, label: (preprocessing.normalize(image, normalization), label),

@@ -69,14 +69,28 @@ class GateStatistics(keras.callbacks.Callback):
 
 
 def plot_fractions(layer_names, fractions, title="Fraction of fine-tuned filters per gated layer"):
-    """Renders a bar chart of per-layer fractions; returns it as a uint8 `(h, w, 4)` RGBA array."""
+    """Renders a bar chart of per-layer fractions; returns it as a uint8 `(h, w, 4)` RGBA array.
+
+    Args:
+        layer_names: The gated layers, in controller order.
+        fractions: One fraction per layer, or a dict `{label: fractions}` drawn as grouped bars
+            with a legend.
+        title: The chart title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.18 * len(fractions)), 3.2), dpi=100)
-    axes.bar(range(len(fractions)), fractions, color="#3a7bd5")
+    series = fractions if isinstance(fractions, dict) else {None: fractions}
+    width = 0.8 / len(series)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.18 * len(layer_names)), 3.2), dpi=100)
+    colors = ["#3a7bd5", "#e07b39", "#4caf50", "#9c27b0"]
+    for number, (label, values) in enumerate(series.items()):
+        offsets = [i + (number - (len(series) - 1) / 2) * width for i in range(len(values))]
+        axes.bar(offsets, values, width=width, label=label, color=colors[number % len(colors)])
+    if len(series) > 1 or None not in series:
+        axes.legend(fontsize=7)
     axes.set_ylim(0, 1)
     axes.set_ylabel("fine-tuned fraction")
     axes.set_xlabel("gated layer (controller order)")

@@ -20,23 +20,29 @@ def collect(paths):
     return results
 
 
+def shots_of(result):
+    """The `shots_per_class` of a result (None: the whole training split)."""
+    return (result.get("config") or {}).get("shots_per_class")
+
+
 def summarize(results, baseline="finetune"):
-    """One row per (dataset, method): seeds, mean and std of test accuracy, error reduction.
+    """One row per (dataset, shots, method): seeds, mean and std of test accuracy, error reduction.
 
     The error reduction is `mean error(baseline) - mean error(method)` in percentage points of
     top-1 error (positive: the method makes fewer errors than the baseline), None where the
-    dataset has no baseline run.
+    dataset (at that number of shots) has no baseline run.
     """
     groups = {}
     for result in results:
-        key = (result["dataset"], result["method"])
+        key = (result["dataset"], shots_of(result) or 0, result["method"])
         groups.setdefault(key, []).append(100.0 * result["test_accuracy"])
     rows = []
-    for (dataset, method), accuracies in sorted(groups.items()):
-        base = groups.get((dataset, baseline))
+    for (dataset, shots, method), accuracies in sorted(groups.items()):
+        base = groups.get((dataset, shots, baseline))
         rows.append(
             {
                 "dataset": dataset,
+                "shots": shots or None,
                 "method": method,
                 "seeds": len(accuracies),
                 "test_accuracy_mean": statistics.fmean(accuracies),
@@ -52,15 +58,18 @@ def summarize(results, baseline="finetune"):
 def markdown(rows, baseline="finetune"):
     """Renders `summarize` rows as a Markdown table."""
     key = "error_reduction_vs_" + baseline
+    with_shots = any(row["shots"] for row in rows)
+    shots_header = " shots/class |" if with_shots else ""
     lines = [
-        "| dataset | method | seeds | test accuracy % (mean ± std) "
+        f"| dataset |{shots_header} method | seeds | test accuracy % (mean ± std) "
         f"| error reduction vs {baseline} (points) |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|" + ("---|" if with_shots else ""),
     ]
     for row in rows:
         reduction = "—" if row[key] is None else f"{row[key]:+.2f}"
+        shots = f" {row['shots'] or 'all'} |" if with_shots else ""
         lines.append(
-            f"| {row['dataset']} | {row['method']} | {row['seeds']} | "
+            f"| {row['dataset']} |{shots} {row['method']} | {row['seeds']} | "
             f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_std']:.2f} | {reduction} |"
         )
     return "\n".join(lines)

@@ -33,6 +33,7 @@ class TrainConfig:
         seed: Seed of the data split, augmentation, initialisation and gates.
         validation_fraction: Fraction of the training split used for model selection.
         shots_per_class: Optional k for k-shot training.
+        rest_as_test: With `shots_per_class`, test also on the training examples left unused.
         data_dir: Where datasets are looked for (default `$TFDS_DATA_DIR`/`~/tensorflow_datasets`).
         learning_rate: Peak learning rate of the backbone.
         head_lr_multiplier: Learning-rate multiplier of the new head.
@@ -69,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     validation_fraction: float = 0.1
     shots_per_class: int | None = None
+    rest_as_test: bool = False
     data_dir: str | None = None
     learning_rate: float = 0.01
     head_lr_multiplier: float = 10.0
@@ -108,6 +110,12 @@ class TrainConfig:
         validation.one_of("pretrained_bn", self.pretrained_bn, ("frozen", "adapt"))
         validation.one_of("jit_compile", self.jit_compile, ("auto", True, False))
         validation.one_of("cache", self.cache, ("auto", True, False))
+        validation.one_of("rest_as_test", self.rest_as_test, (True, False))
+        if self.rest_as_test and self.shots_per_class is None:
+            raise ValueError(
+                "`rest_as_test` tests on the training examples not chosen as shots, so it needs "
+                "`shots_per_class`. Received: shots_per_class=None"
+            )
         for name in ("image_size", "batch_size", "epochs", "controller_units"):
             validation.positive_int(name, getattr(self, name))
         for name in ("learning_rate", "temperature", "step_factor"):

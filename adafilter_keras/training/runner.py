@@ -64,6 +64,7 @@ def train(config, verbose="auto", callbacks=()):
         seed=config.seed,
         data_dir=config.data_dir,
         shots_per_class=config.shots_per_class,
+        rest_as_test=config.rest_as_test,
         normalization=data.normalization_for(
             "resnet" if config.backbone == "SmallResNet" else config.backbone
         ),
