@@ -43,6 +43,7 @@ def build_parser():
     datasets.set_defaults(run=_datasets)
     _add_train(commands)
     _add_compare(commands)
+    _add_tune(commands)
     _add_demo(commands)
     return parser
 
@@ -56,10 +57,6 @@ def _flag_value(text):
 
 
 def _add_train(commands):
-    import dataclasses
-
-    from adafilter_keras.training.config import TrainConfig
-
     train = commands.add_parser(
         "train",
         help="train one method on one dataset; writes a run directory with results.json",
@@ -71,6 +68,16 @@ def _add_train(commands):
     )
     train.add_argument("--config", help="JSON file of TrainConfig fields (e.g. from `tune`)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(train)
+    train.set_defaults(run=_train)
+
+
+def _add_config_flags(parser):
+    """One flag per TrainConfig field, named after it; unset flags are absent from the args."""
+    import dataclasses
+
+    from adafilter_keras.training.config import TrainConfig
+
     docs = _field_docs(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -91,8 +98,7 @@ def _add_train(commands):
         else:
             kwargs.update(type=_flag_value)
         shown = "required" if field.default is dataclasses.MISSING else f"default: {default}"
-        train.add_argument(flag, help=f"{docs.get(field.name, '')} ({shown})", **kwargs)
-    train.set_defaults(run=_train)
+        parser.add_argument(flag, help=f"{docs.get(field.name, '')} ({shown})", **kwargs)
 
 
 def _field_docs(cls):
@@ -121,21 +127,10 @@ def train_main(argv=None, **defaults):
 
 
 def _train(args, defaults=None):
-    from adafilter_keras.training import TrainConfig, train
+    from adafilter_keras.training import train
 
-    flags = {
-        key: value
-        for key, value in vars(args).items()
-        if key not in ("command", "run", "config", "quiet")
-    }
-    overrides = {**(defaults or {}), **flags}
     try:
-        if args.config:
-            config = TrainConfig.from_file(args.config, **overrides)
-        else:
-            if "dataset" not in overrides:
-                raise ValueError("--dataset is required (or a --config file that sets it).")
-            config = TrainConfig.from_dict(overrides)
+        config = _config_from_args(args, defaults)
         results = train(config, verbose=0 if args.quiet else "auto")
     except ValueError as error:
         print(f"adafilter-keras train: error: {error}", file=sys.stderr)
@@ -144,6 +139,72 @@ def _train(args, defaults=None):
         f"test accuracy {100 * results['test_accuracy']:.2f} % "
         f"(best validation epoch {results['best_epoch']}); run directory {results['run_dir']}"
     )
+    return 0
+
+
+_NOT_CONFIG = ("command", "run", "config", "quiet", "tuner", "max_trials", "directory", "space",
+               "overwrite")  # fmt: skip
+
+
+def _config_from_args(args, defaults=None):
+    """The TrainConfig of `--config` (if given) and the TrainConfig flags (which win)."""
+    from adafilter_keras.training import TrainConfig
+
+    flags = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
+    overrides = {**(defaults or {}), **flags}
+    if args.config:
+        return TrainConfig.from_file(args.config, **overrides)
+    if "dataset" not in overrides:
+        raise ValueError("--dataset is required (or a --config file that sets it).")
+    return TrainConfig.from_dict(overrides)
+
+
+def _add_tune(commands):
+    from adafilter_keras.tuning import TUNERS
+
+    tune = commands.add_parser(
+        "tune",
+        help="search one method's hyper-parameters with keras-tuner, on validation accuracy",
+        description="Search the hyper-parameters of one method on one dataset with keras-tuner. "
+        "Each trial is one `train` run (its own run directory); trials are scored on the best "
+        "epoch's validation accuracy, never on the test split. Writes DIRECTORY/best_config.json "
+        "for `adafilter-keras train --config`, and DIRECTORY/hparams for TensorBoard's HParams "
+        "view. Running the same command again continues an interrupted search. The search space "
+        "per method is built in (README, Tuning); --space FILE overrides entries of it. Every "
+        "TrainConfig flag sets what the search does not change (dataset, method, epochs, ...).",
+    )
+    tune.add_argument("--tuner", choices=TUNERS, default="random", help="(default: %(default)s)")
+    tune.add_argument(
+        "--max-trials", type=int, default=10, help="number of trials (default: %(default)s)"
+    )
+    tune.add_argument(
+        "--directory", help="search directory (default: runs/<dataset>/<method>/tune)"
+    )
+    tune.add_argument("--space", help="JSON search-space file overriding the built-in entries")
+    tune.add_argument(
+        "--overwrite", action="store_true", help="delete an earlier search in the directory"
+    )
+    tune.add_argument("--config", help="JSON file of TrainConfig fields the search starts from")
+    _add_config_flags(tune)
+    tune.set_defaults(run=_tune)
+
+
+def _tune(args):
+    from adafilter_keras.tuning import SearchFailedError, tune
+
+    try:
+        config = _config_from_args(args)
+        tune(
+            config,
+            tuner=args.tuner,
+            max_trials=args.max_trials,
+            directory=args.directory,
+            space_file=args.space,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, SearchFailedError) as error:
+        print(f"adafilter-keras tune: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
