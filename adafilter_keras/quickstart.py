@@ -51,13 +51,28 @@ TARGET = dict(
     rest_as_test=True,
 )
 
-# Per-method settings, chosen on validation accuracy only (README, "Quick start": how).
+# Per shots and method: the best of the same number of random-search trials on validation accuracy
+# (README, "Quick start"); other shot counts use the settings of the nearest tuned one.
 METHOD_SETTINGS = {
-    "finetune": dict(learning_rate=0.01),
-    "feature_extraction": dict(learning_rate=0.01),
-    "l2sp": dict(learning_rate=0.01),
-    "adafilter": dict(learning_rate=0.01),
+    5: {
+        "finetune": dict(learning_rate=0.01),
+        "feature_extraction": dict(learning_rate=0.01),
+        "l2sp": dict(learning_rate=0.01),
+        "adafilter": dict(learning_rate=0.01),
+    },
+    20: {
+        "finetune": dict(learning_rate=0.01),
+        "feature_extraction": dict(learning_rate=0.01),
+        "l2sp": dict(learning_rate=0.01),
+        "adafilter": dict(learning_rate=0.01),
+    },
 }
+
+
+def settings_for(method, shots):
+    """The tuned settings of `method` at `shots` (those of the nearest tuned shot count)."""
+    nearest = min(METHOD_SETTINGS, key=lambda tuned: (abs(tuned - shots), tuned))
+    return dict(METHOD_SETTINGS[nearest].get(method, {}))
 
 
 @dataclasses.dataclass
@@ -147,7 +162,7 @@ def run(
         ],
         "source": json.loads((output_dir / "source" / "source.json").read_text()),
         "target": {**TARGET, "epochs": epochs or TARGET["epochs"]},
-        "method_settings": {m: METHOD_SETTINGS[m] for m in methods},
+        "method_settings": {f"{k}/{m}": settings_for(m, k) for k in shots for m in methods},
         "wall_time_s": wall_time,
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -282,7 +297,7 @@ def _check(methods, shots, seeds):
 
 
 def _target_config(output_dir, method, shots, seed, epochs, steps_per_epoch):
-    settings = {**TARGET, **METHOD_SETTINGS.get(method, {})}
+    settings = {**TARGET, **settings_for(method, shots)}
     if epochs:
         settings["epochs"] = epochs
     settings["warmup_epochs"] = min(settings.get("warmup_epochs", 1), settings["epochs"] - 1)
