@@ -55,16 +55,50 @@ TARGET = dict(
 # (README, "Quick start"); other shot counts use the settings of the nearest tuned one.
 METHOD_SETTINGS = {
     5: {
-        "finetune": dict(learning_rate=0.01),
-        "feature_extraction": dict(learning_rate=0.01),
-        "l2sp": dict(learning_rate=0.01),
-        "adafilter": dict(learning_rate=0.01),
+        "finetune": dict(
+            learning_rate=0.0231, momentum=0.5, head_lr_multiplier=10.8, weight_decay=2.0e-4
+        ),
+        "feature_extraction": dict(learning_rate=0.0113, momentum=0.9, weight_decay=9.0e-4),
+        "l2sp": dict(
+            learning_rate=0.0124,
+            momentum=0.0,
+            head_lr_multiplier=2.29,
+            l2sp_alpha=6.6e-3,
+            l2sp_beta=2.0e-4,
+        ),
+        "adafilter": dict(
+            learning_rate=0.0865,
+            momentum=0.9,
+            head_lr_multiplier=4.51,
+            weight_decay=3.4e-4,
+            controller_lr_multiplier=58.9,
+            temperature=0.889,
+            controller_units=32,
+            pretrained_bn="frozen",
+        ),
     },
     20: {
-        "finetune": dict(learning_rate=0.01),
-        "feature_extraction": dict(learning_rate=0.01),
-        "l2sp": dict(learning_rate=0.01),
-        "adafilter": dict(learning_rate=0.01),
+        "finetune": dict(
+            learning_rate=0.0284, momentum=0.9, head_lr_multiplier=1.83, weight_decay=3.0e-4
+        ),
+        "feature_extraction": dict(learning_rate=0.0501, momentum=0.5, weight_decay=3.0e-4),
+        "l2sp": dict(
+            learning_rate=0.0077,
+            momentum=0.9,
+            head_lr_multiplier=20.3,
+            l2sp_alpha=2.6e-3,
+            l2sp_beta=4.0e-4,
+        ),
+        "adafilter": dict(
+            learning_rate=0.0808,
+            momentum=0.9,
+            head_lr_multiplier=1.24,
+            weight_decay=3.35e-5,
+            controller_lr_multiplier=2.07,
+            temperature=0.706,
+            controller_units=128,
+            pretrained_bn="adapt",
+        ),
     },
 }
 
@@ -141,8 +175,7 @@ def run(
     weights = _source_backbone(output_dir, source_epochs, steps_per_epoch, progress)
     results = []
     for config in configs:
-        config.weights = str(weights)
-        results.append(_run_once(config, progress))
+        results.append(_run_once(dataclasses.replace(config, weights=str(weights)), progress))
     progress.finish()
 
     rows = compare.summarize(results, baseline="finetune")
@@ -157,6 +190,9 @@ def run(
             | {
                 "shots": compare.shots_of(r),
                 "best_validation_accuracy": r.get("best_validation_accuracy"),
+                "mean_fraction_finetuned": (r.get("gates") or {}).get(
+                    "mean_fraction_finetuned_last_epoch"
+                ),
             }
             for r in results
         ],
@@ -306,7 +342,7 @@ def _target_config(output_dir, method, shots, seed, epochs, steps_per_epoch):
         method=method,
         shots_per_class=shots,
         seed=seed,
-        weights=None,  # set to the source backbone once it exists
+        weights=None,  # the source backbone, once it exists
         steps_per_epoch=steps_per_epoch,
         run_dir=str(output_dir / f"{shots}shots" / method / f"seed{seed}"),
     )
