@@ -3,8 +3,9 @@
 import io
 import json
 
+from support import run_cli, tensorflow_only
+
 from adafilter_keras import quickstart
-from tests.support import run_cli, tensorflow_only
 
 pytestmark = tensorflow_only  # orchestration only; the layers are tested on every backend
 

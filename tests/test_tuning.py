@@ -4,11 +4,11 @@ import json
 import shutil
 
 import pytest
+from support import run_cli, tensorflow_only
 
 from adafilter_keras import cli
 from adafilter_keras.training import TrainConfig, runner
 from adafilter_keras.tuning import SearchSpaceError, load_space, tune
-from tests.support import run_cli, tensorflow_only
 
 pytestmark = tensorflow_only  # orchestration only; training itself is tested on every backend
 
