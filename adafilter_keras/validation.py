@@ -4,7 +4,9 @@ Every check raises a `ValueError` whose message states the rule and echoes the v
 style: "... Received: filters=0".
 """
 
+import json
 import numbers
+import pathlib
 
 
 def positive_int(name, value):
@@ -48,3 +50,27 @@ def one_of(name, value, choices):
         listed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"`{name}` must be one of {listed}. Received: {name}={value!r}")
     return value
+
+
+def json_object_file(path, what, error=ValueError, hint=""):
+    """Reads a file holding one JSON object; returns it as a dict.
+
+    Args:
+        path: The file.
+        what: How messages name the file, e.g. "Config file".
+        error: The `ValueError` subclass to raise.
+        hint: Appended to the message when the JSON is not an object.
+
+    Raises:
+        error: The file is missing, is not JSON, or holds something other than an object.
+    """
+    path = pathlib.Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist.") from None
+    except json.JSONDecodeError as decode_error:
+        raise error(f"{what} {str(path)!r} is not valid JSON: {decode_error}") from None
+    if not isinstance(values, dict):
+        raise error(f"{what} {str(path)!r} must hold a JSON object{hint}.")
+    return values

@@ -1,7 +1,6 @@
 """TrainConfig: every setting of a training run, validated before any work starts."""
 
 import dataclasses
-import json
 import pathlib
 import re
 
@@ -171,13 +170,5 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path, **overrides):
         """Reads a JSON config file (a flat object of fields); `overrides` win over the file."""
-        path = pathlib.Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"Config file {str(path)!r} does not exist.") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"Config file {str(path)!r} is not valid JSON: {error}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"Config file {str(path)!r} must hold a JSON object of settings.")
+        values = validation.json_object_file(path, "Config file", hint=" of settings")
         return cls.from_dict({**values, **overrides})

@@ -13,10 +13,9 @@ same field and add new fields, and `{"type": "fixed", ...}` pins a field.
 
 import copy
 import dataclasses
-import json
 import math
-import pathlib
 
+from adafilter_keras import validation
 from adafilter_keras.training.config import TrainConfig
 
 KINDS = ("float", "int", "choice", "fixed")
@@ -89,20 +88,13 @@ def load_space(method, path=None):
     space = default_space(method)
     if path is None:
         return space
-    path = pathlib.Path(path)
-    try:
-        entries = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SearchSpaceError(f"Search-space file {str(path)!r} does not exist.") from None
-    except json.JSONDecodeError as error:
-        raise SearchSpaceError(
-            f"Search-space file {str(path)!r} is not valid JSON: {error}"
-        ) from None
-    if not isinstance(entries, dict):
-        raise SearchSpaceError(
-            f"Search-space file {str(path)!r} must hold a JSON object mapping TrainConfig fields "
-            'to specifications such as {"type": "float", "min": 0.001, "max": 0.1}.'
-        )
+    entries = validation.json_object_file(
+        path,
+        "Search-space file",
+        error=SearchSpaceError,
+        hint=" mapping TrainConfig fields to specifications such as "
+        '{"type": "float", "min": 0.001, "max": 0.1}',
+    )
     space.update(entries)
     return validate(space, source=f"search-space file {str(path)!r}")
 
