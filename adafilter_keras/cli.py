@@ -142,15 +142,14 @@ def _train(args, defaults=None):
     return 0
 
 
-_NOT_CONFIG = ("command", "run", "config", "quiet", "tuner", "max_trials", "directory", "space",
-               "overwrite")  # fmt: skip
-
-
 def _config_from_args(args, defaults=None):
     """The TrainConfig of `--config` (if given) and the TrainConfig flags (which win)."""
+    import dataclasses
+
     from adafilter_keras.training import TrainConfig
 
-    flags = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    flags = {key: value for key, value in vars(args).items() if key in fields}
     overrides = {**(defaults or {}), **flags}
     if args.config:
         return TrainConfig.from_file(args.config, **overrides)

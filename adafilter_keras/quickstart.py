@@ -333,12 +333,9 @@ def _check(methods, shots, seeds):
 
 
 def _target_config(output_dir, method, shots, seed, epochs, steps_per_epoch):
-    settings = {**TARGET, **settings_for(method, shots)}
-    if epochs:
-        settings["epochs"] = epochs
-    settings["warmup_epochs"] = min(settings.get("warmup_epochs", 1), settings["epochs"] - 1)
-    return TrainConfig(
-        **settings,
+    config = TrainConfig(
+        **TARGET,
+        **settings_for(method, shots),
         method=method,
         shots_per_class=shots,
         seed=seed,
@@ -346,6 +343,7 @@ def _target_config(output_dir, method, shots, seed, epochs, steps_per_epoch):
         steps_per_epoch=steps_per_epoch,
         run_dir=str(output_dir / f"{shots}shots" / method / f"seed{seed}"),
     )
+    return config.with_epochs(epochs or config.epochs)
 
 
 def _source_backbone(output_dir, epochs, steps_per_epoch, progress):
@@ -354,12 +352,8 @@ def _source_backbone(output_dir, epochs, steps_per_epoch, progress):
     from adafilter_keras.training.runner import BEST_WEIGHTS, train
 
     source_dir = output_dir / "source"
-    epochs = epochs or SOURCE["epochs"]
-    config = TrainConfig(
-        **{**SOURCE, "epochs": epochs, "warmup_epochs": min(1, epochs - 1)},
-        steps_per_epoch=steps_per_epoch,
-        run_dir=str(source_dir),
-    )
+    config = TrainConfig(**SOURCE, steps_per_epoch=steps_per_epoch, run_dir=str(source_dir))
+    config = config.with_epochs(epochs or config.epochs)
     record_path = source_dir / "source.json"
     weights = source_dir / BACKBONE_WEIGHTS
     progress.start_run(f"source model, {config.dataset}", config.epochs)

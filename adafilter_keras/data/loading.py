@@ -112,17 +112,15 @@ def load(
             "`rest_as_test=True` moves the training examples not chosen as shots to the test "
             "set, so it needs `shots_per_class`. Received: shots_per_class=None"
         )
-    rest = np.array([], dtype=int)
+    test_parts = [(source.test, np.arange(len(source.test.labels)))]
     if shots_per_class is not None:
         chosen = splits.take_per_class(
             train_pool, source.train.labels, shots_per_class, seed, source.class_names
         )
-        if rest_as_test:
-            rest = np.setdiff1d(train_pool, chosen)
+        rest = np.setdiff1d(train_pool, chosen)
+        if rest_as_test and len(rest):
+            test_parts.append((source.train, rest))
         train_pool = chosen
-    test_parts = [(source.test, np.arange(len(source.test.labels)))]
-    if len(rest):
-        test_parts.append((source.train, rest))
 
     options = dict(image_size=image_size, batch_size=batch_size, normalization=normalization)
     train = _training_pipeline(source.train, train_pool, spec, seed=seed, cache=cache, **options)

@@ -152,6 +152,12 @@ class TrainConfig:
         dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.dataset).strip("_")
         return pathlib.Path("runs") / dataset / self.method / f"seed{self.seed}"
 
+    def with_epochs(self, epochs):
+        """A copy trained for `epochs`, with the warm-up shortened to fit if needed."""
+        return dataclasses.replace(
+            self, epochs=epochs, warmup_epochs=min(self.warmup_epochs, epochs - 1)
+        )
+
     def to_dict(self):
         """All fields as a JSON-ready dict."""
         return dataclasses.asdict(self)

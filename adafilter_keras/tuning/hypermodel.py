@@ -37,8 +37,7 @@ class TrainHyperModel(keras_tuner.HyperModel):
         """
         values = {name: _declare(hp, name, spec) for name, spec in self.space.items()}
         epochs = hp.values.get("tuner/epochs", self.base.epochs)
-        warmup = min(self.base.warmup_epochs, epochs - 1)
-        return dataclasses.replace(self.base, **values, epochs=epochs, warmup_epochs=warmup)
+        return dataclasses.replace(self.base, **values).with_epochs(epochs)
 
     def fit(self, hp, model, *args, callbacks=(), verbose=0, **kwargs):
         """Trains `model` (a `TrainConfig` from `build`); returns `{"val_accuracy": best}`."""

@@ -55,7 +55,7 @@ class _HarnessTrials:
     def run_trial(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
         config = dataclasses.replace(
-            self.hypermodel.build(hp), run_dir=str(self._trials_dir / f"trial_{trial.trial_id}")
+            self.hypermodel.build(hp), run_dir=str(self._trials_dir / _trial_name(trial.trial_id))
         )
         started = time.time()
         shown = ", ".join(
@@ -75,6 +75,11 @@ class _HarnessTrials:
         )
         _write_hparams(self._hparams_dir, trial.trial_id, hp.values, metrics[OBJECTIVE])
         return metrics
+
+
+def _trial_name(trial_id):
+    """The name of a trial's run directory and HParams session."""
+    return f"trial_{trial_id}"
 
 
 def _short(value):
@@ -200,14 +205,12 @@ def _claim(directory, settings, overwrite):
         shutil.rmtree(directory)
     if record.is_file():
         previous = json.loads(record.read_text())
-        if previous != json.loads(json.dumps(settings)):
-            changed = sorted(
+        current = json.loads(json.dumps(settings))  # as it reads back from the file
+        if previous != current:
+            changed = [key for key in ("tuner", "space") if previous.get(key) != current[key]]
+            changed += sorted(
                 key
-                for key in ("tuner", "space")
-                if previous.get(key) != json.loads(json.dumps(settings[key]))
-            ) + sorted(
-                key
-                for key, value in settings["base"].items()
+                for key, value in current["base"].items()
                 if previous.get("base", {}).get(key) != value
             )
             raise ValueError(
@@ -228,7 +231,7 @@ def _trial_rows(search, directory):
                 "status": str(trial.status),
                 "values": dict(trial.hyperparameters.values),
                 OBJECTIVE: trial.score,
-                "run_dir": str(directory / "trials" / f"trial_{trial_id}"),
+                "run_dir": str(directory / "trials" / _trial_name(trial_id)),
             }
         )
     return rows
@@ -279,6 +282,7 @@ def _write_hparams(log_dir, trial_id, values, objective):
     from tensorboard.plugins.hparams import api as hp_api
 
     shown = {k: _loggable(v) for k, v in values.items() if not k.startswith("tuner/")}
-    with tf.summary.create_file_writer(str(log_dir / f"trial_{trial_id}")).as_default():
-        hp_api.hparams(shown, trial_id=f"trial_{trial_id}")
+    name = _trial_name(trial_id)
+    with tf.summary.create_file_writer(str(log_dir / name)).as_default():
+        hp_api.hparams(shown, trial_id=name)
         tf.summary.scalar(OBJECTIVE, objective, step=0)
