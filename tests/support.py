@@ -52,7 +52,9 @@ def build_small_cnn(input_shape=(16, 16, 3), num_classes=3, seed=0, pretrained_b
         )
         if not has_bn:
             return conv(x, gate)
-        y = GatedBatchNorm(pretrained_branch=pretrained_branch, name=f"bn_{index}")([conv(x), gate])
+        y = GatedBatchNorm(pretrained_branch=pretrained_branch, name=f"bn_{index}")(
+            [*conv(x), gate]
+        )
         return keras.layers.Activation(activation)(y) if activation else y
 
     inputs = keras.Input(input_shape)

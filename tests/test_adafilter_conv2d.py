@@ -36,13 +36,14 @@ def test_matches_numpy_reference_for_zero_one_and_mixed_gates(rng, kwargs):
     assert np.abs(pretrained - finetuned).max() > 0.1  # the two branches really differ
 
     filters = layer.filters
-    stacked = to_numpy(layer(x))
-    np.testing.assert_allclose(stacked[..., :filters], pretrained, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(stacked[..., filters:], finetuned, rtol=1e-4, atol=1e-4)
+    branches = [to_numpy(branch) for branch in layer(x)]
+    np.testing.assert_allclose(branches[0], pretrained, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(branches[1], finetuned, rtol=1e-4, atol=1e-4)
 
     zeros = np.zeros((3, filters), "float32")
-    np.testing.assert_array_equal(to_numpy(layer(x, zeros)), stacked[..., :filters])
-    np.testing.assert_array_equal(to_numpy(layer(x, zeros + 1)), stacked[..., filters:])
+    np.testing.assert_array_equal(to_numpy(layer(x, zeros)), branches[0])
+    # A 1 gate gives the fine-tuned branch up to one rounding (see mix_branches).
+    np.testing.assert_allclose(to_numpy(layer(x, zeros + 1)), branches[1], rtol=1e-6, atol=1e-6)
 
     gate = rng.integers(0, 2, size=(3, filters)).astype("float32")
     gate[0, 0], gate[1, 0] = 1.0, 0.0  # both choices are exercised
@@ -81,9 +82,8 @@ def test_from_conv2d_reproduces_the_conv_for_any_gate(rng, use_bias):
         np.testing.assert_allclose(
             to_numpy(layer(x, gate.astype("float32"))), expected, rtol=1e-5, atol=1e-6
         )
-    stacked = to_numpy(layer(x))
-    np.testing.assert_allclose(stacked[..., :6], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(stacked[..., 6:], expected, rtol=1e-5, atol=1e-6)
+    for branch in layer(x):
+        np.testing.assert_allclose(to_numpy(branch), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_copies_do_not_alias_the_source_weights(rng):

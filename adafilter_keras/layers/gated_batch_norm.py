@@ -4,7 +4,7 @@ import keras
 from keras import backend, initializers, ops, regularizers
 
 from adafilter_keras import validation
-from adafilter_keras.layers.branches import check_gate, mix_branches, split_branches
+from adafilter_keras.layers.branches import check_gate, mix_branches
 from adafilter_keras.layers.copying import assign_copy
 
 PRETRAINED_BRANCH_MODES = ("frozen", "adapt")
@@ -17,9 +17,9 @@ _STATISTICS = ("moving_mean", "moving_variance")
 class GatedBatchNorm(keras.layers.Layer):
     """Two batch normalizations, one per branch, mixed per example and per filter by a gate.
 
-    Called as `layer([stacked, gate], training=...)`, where `stacked` is the output of an
-    `AdaFilterConv2D` called without a gate, shape `(batch, ..., 2 * filters)` (pre-trained branch
-    first), and `gate` has shape `(batch, filters)`. Returns
+    Called as `layer([pretrained, finetuned, gate], training=...)`, where `pretrained` and
+    `finetuned` are the two outputs of an `AdaFilterConv2D` called without a gate, each of shape
+    `(batch, ..., filters)`, and `gate` has shape `(batch, filters)`. Returns
 
         gate * BN_finetuned(finetuned) + (1 - gate) * BN_pretrained(pretrained)
 
@@ -145,7 +145,7 @@ class GatedBatchNorm(keras.layers.Layer):
         arguments.update(kwargs)
         layer = cls(**arguments)
         channels = bn.moving_mean.shape[0]
-        layer.build([(None, 2 * channels), (None, channels)])
+        layer.build([(None, channels), (None, channels), (None, channels)])
         for branch in ("pretrained", "finetuned"):
             for name in ("gamma", "beta", *_STATISTICS):
                 source = getattr(bn, name, None)
@@ -154,23 +154,21 @@ class GatedBatchNorm(keras.layers.Layer):
         return layer
 
     def build(self, input_shape):
-        stacked_shape, gate_shape = self._unpack(input_shape)
-        channels = stacked_shape[-1]
-        if channels is None or channels % 2:
+        pretrained_shape, finetuned_shape, gate_shape = self._unpack(input_shape)
+        channels = pretrained_shape[-1]
+        if channels is None or tuple(pretrained_shape[1:]) != tuple(finetuned_shape[1:]):
             raise ValueError(
-                f"Layer '{self.name}' expects the stacked output of an AdaFilterConv2D, whose last "
-                "axis holds 2 * filters channels (an even, known number). "
-                f"Received: input_shape={tuple(stacked_shape)}"
+                f"Layer '{self.name}' expects the two branches of an AdaFilterConv2D: two tensors "
+                "of the same shape with a known number of channels (the last axis). "
+                f"Received: shapes {tuple(pretrained_shape)} and {tuple(finetuned_shape)}"
             )
-        self.filters = channels // 2
+        self.filters = channels
         check_gate(gate_shape, self.filters, self.name)
         adapt = self.pretrained_branch == "adapt"
         for branch, trainable in (("pretrained", adapt), ("finetuned", True)):
             self._add_branch(branch, trainable)
-        self.input_spec = [
-            keras.layers.InputSpec(min_ndim=2, axes={-1: channels}),
-            keras.layers.InputSpec(ndim=2),
-        ]
+        branch_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: channels})
+        self.input_spec = [branch_spec, branch_spec, keras.layers.InputSpec(ndim=2)]
 
     def _add_branch(self, branch, trainable):
         shape = (self.filters,)
@@ -207,24 +205,24 @@ class GatedBatchNorm(keras.layers.Layer):
             setattr(self, f"{branch}_{name}", statistic)
 
     def _unpack(self, inputs):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 3:
             raise ValueError(
-                f"Layer '{self.name}' must be called on a list [stacked, gate]: the stacked "
-                "output of an AdaFilterConv2D and the gate of shape (batch, filters). "
-                f"Received: inputs={inputs!r}"
+                f"Layer '{self.name}' must be called on a list [pretrained, finetuned, gate]: "
+                "the two outputs of an AdaFilterConv2D called without a gate, and the gate of "
+                f"shape (batch, filters). Received: inputs={inputs!r}"
             )
         return inputs
 
     def call(self, inputs, training=None):
-        stacked, gate = self._unpack(inputs)
+        *branches, gate = self._unpack(inputs)
         check_gate(gate.shape, self.filters, self.name)
-        # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
-        stacked = ops.cast(stacked, backend.result_type(stacked.dtype, "float32"))
-        branches = split_branches(stacked)
         # Each branch is normalized on its own: measured faster than one normalization over the
         # stacked channels, and the frozen branch then needs no batch moments at all.
         outputs = [
-            self._normalize(branch, values, training)
+            # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
+            self._normalize(
+                branch, ops.cast(values, backend.result_type(values.dtype, "float32")), training
+            )
             for branch, values in zip(("pretrained", "finetuned"), branches, strict=True)
         ]
         return ops.cast(mix_branches(*outputs, gate), self.compute_dtype)
@@ -258,8 +256,8 @@ class GatedBatchNorm(keras.layers.Layer):
             )
 
     def compute_output_shape(self, input_shape):
-        stacked_shape, _ = self._unpack(input_shape)
-        return (*stacked_shape[:-1], stacked_shape[-1] // 2)
+        pretrained_shape, _, _ = self._unpack(input_shape)
+        return tuple(pretrained_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -282,16 +282,18 @@ class _Rewriter:
                 gate = block_gates[index]
                 conv = AdaFilterConv2D.from_conv2d(layer)
                 if id(layer) in self.plan.paired_bn:
+                    # Both branches go, as one pair, to the GatedBatchNorm that replaces the
+                    # conv's only consumer.
                     gates[id(layer)] = gate
-                    outputs = conv(*args, **kwargs)
-                else:
-                    outputs = conv(*args, gate, **kwargs)
+                    tensors[id(node.outputs[0])] = conv(*args, **kwargs)
+                    continue
+                outputs = conv(*args, gate, **kwargs)
             elif id(layer) in self.bn_to_conv:
                 bn = GatedBatchNorm.from_batch_normalization(
                     layer, pretrained_branch=self.options.pretrained_bn
                 )
                 training = {k: v for k, v in kwargs.items() if k == "training"}
-                outputs = bn([args[0], gates[self.bn_to_conv[id(layer)]]], **training)
+                outputs = bn([*args[0], gates[self.bn_to_conv[id(layer)]]], **training)
             elif id(layer) in self.plan.path:
                 if kwargs.get("training") is False:
                     warnings.warn(
