@@ -14,11 +14,13 @@ random synthetic data, SGD with momentum, same compile settings):
 
 It runs warm-up steps (compilation excluded), then `--repeats` rounds that time one
 `train_on_batch` of each method in turn (alternating, so drifts of the machine hit all methods
-alike), and reports the median ms/step, img/s and the ratio against `finetune`. Peak memory of a
-training step is measured separately for each method in a fresh subprocess: the accelerator's
-peak bytes in use on a GPU (JAX), else (CPU) the process's peak resident memory while it builds
-the model and runs a few training steps, minus its peak after importing Keras and TensorFlow:
-weights, optimizer state and the step's working set. Prints a Markdown table and writes JSON.
+alike), and reports the median ms/step, img/s and the ratio against `finetune`. Memory is
+measured separately for each method in a fresh subprocess, after warm-up steps, as the backend
+counts it: on TensorFlow the allocator's peak during one training step (CPU: with the BFC
+allocator, which keeps the count) and the bytes it held just before (weights, optimizer state,
+anything the runtime keeps); on JAX with a GPU the device's peak and current bytes in use; on JAX
+with a CPU, XLA's buffer sizes of the compiled step (arguments: the state; plus temporaries).
+Prints a Markdown table and writes JSON.
 """
 
 import argparse
@@ -26,7 +28,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -83,45 +84,74 @@ def time_methods(args, image_size):
 
 
 def peak_memory(args, method, image_size):
-    """Runs one method's training steps in a fresh process; returns (peak bytes, how measured)."""
+    """Runs one method's training steps in a fresh process; returns its memory record."""
     command = [
         sys.executable, __file__, "--measure-memory", method, "--image-size", str(image_size),
         "--batch-size", str(args.batch_size), "--backbone", args.backbone, "--dtype", args.dtype,
         "--warmup", str(args.warmup),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    record = json.loads(result.stdout.strip().splitlines()[-1])
-    return record["bytes"], record["kind"]
+    # TensorFlow counts the bytes of its CPU tensors only with the BFC allocator; it must be
+    # chosen before TensorFlow is imported, hence the fresh process.
+    environment = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if result.returncode:
+        raise SystemExit(f"measuring the memory of {method} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _measure_memory(args):
+    """Prints {"peak", "held", "kind"} for one method as JSON: bytes at the step's peak and
+    bytes held between steps (weights, optimizer state), as the backend counts them."""
     import keras
 
-    import adafilter_keras  # noqa: F401  (imported before the baseline is read)
-
     image_size = args.image_size[0]
-    before = _peak_rss()
     model = build(args.measure_memory, args.backbone, image_size)
     x, y = batch(args.batch_size, image_size)
     for _ in range(max(args.warmup, 2)):
         model.train_on_batch(x, y)
-    if keras.backend.backend() == "jax":
-        import jax
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        record = _tensorflow_step_memory(model, x, y)
+    elif backend == "jax":
+        record = _jax_step_memory(model, x, y)
+    else:
+        raise SystemExit(f"memory is measured on the tensorflow and jax backends, not {backend}")
+    print(json.dumps(record))
 
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            print(json.dumps({"bytes": stats["peak_bytes_in_use"], "kind": "device peak"}))
-            return
-    after = _peak_rss()
-    print(json.dumps({"bytes": after - before, "kind": "host peak RSS above the idle process"}))
+
+def _tensorflow_step_memory(model, x, y):
+    import tensorflow as tf
+
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    tf.config.experimental.reset_memory_stats(device)
+    held = tf.config.experimental.get_memory_info(device)["current"]
+    model.train_on_batch(x, y)
+    peak = tf.config.experimental.get_memory_info(device)["peak"]
+    return {"peak": peak, "held": held, "kind": f"TensorFlow allocator, {device}"}
 
 
-def _peak_rss():
-    # VmHWM belongs to this address space; ru_maxrss would carry the parent's peak across exec.
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _jax_step_memory(model, x, y):
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:  # an accelerator
+        return {
+            "peak": stats["peak_bytes_in_use"],
+            "held": stats["bytes_in_use"],
+            "kind": f"JAX device peak, {jax.devices()[0].device_kind}",
+        }
+    # The CPU client keeps no statistics: ask XLA what the compiled step needs instead.
+    state = model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+        purge_model_variables=False,
+    )
+    compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, (x, y, None)).compile()
+    analysis = compiled.memory_analysis()
+    held = analysis.argument_size_in_bytes
+    return {"peak": held + analysis.temp_size_in_bytes, "held": held, "kind": "XLA buffers, CPU"}
 
 
 def machine_facts():
@@ -166,8 +196,9 @@ def main():
     rows = []
     for image_size in args.image_size:
         medians = time_methods(args, image_size)
+        memory = {m: {} if args.no_memory else peak_memory(args, m, image_size) for m in METHODS}
         for method in METHODS:
-            memory, kind = (None, None) if args.no_memory else peak_memory(args, method, image_size)
+            peak, held = memory[method].get("peak"), memory[method].get("held")
             rows.append(
                 {
                     "method": method,
@@ -177,20 +208,34 @@ def main():
                     "ms_per_step": 1000 * medians[method],
                     "img_per_s": args.batch_size / medians[method],
                     "ratio_vs_finetune": medians[method] / medians["finetune"],
-                    "peak_memory_mb": None if memory is None else memory / 2**20,
-                    "memory_kind": kind,
+                    "peak_memory_mb": None if peak is None else peak / 2**20,
+                    "held_memory_mb": None if held is None else held / 2**20,
+                    "memory_vs_finetune": None
+                    if peak is None
+                    else peak / memory["finetune"]["peak"],
+                    "memory_kind": memory[method].get("kind"),
                 }
             )
     facts = machine_facts()
     print(f"{args.backbone}, batch {args.batch_size}, {args.dtype}, {facts['backend']} backend")
-    print("| size | method | ms/step | img/s | vs finetune | peak memory MB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| size | method | ms/step | img/s | time vs finetune | peak memory MB "
+        "| held between steps MB | memory vs finetune |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        memory = "| - | - | - |"
+        if r["peak_memory_mb"] is not None:
+            memory = (
+                f"| {r['peak_memory_mb']:.0f} | {r['held_memory_mb']:.0f} "
+                f"| {r['memory_vs_finetune']:.2f} |"
+            )
         print(
             f"| {r['image_size']} | {r['method']} | {r['ms_per_step']:.0f} | {r['img_per_s']:.1f} "
-            f"| {r['ratio_vs_finetune']:.2f} | {memory} |"
+            f"| {r['ratio_vs_finetune']:.2f} {memory}"
         )
+    if rows and rows[0]["memory_kind"]:
+        print(f"memory: {rows[0]['memory_kind']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": facts,
