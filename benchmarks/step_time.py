@@ -140,7 +140,8 @@ def _jax_step_memory(model, x, y):
             "held": stats["bytes_in_use"],
             "kind": f"JAX device peak, {jax.devices()[0].device_kind}",
         }
-    # The CPU client keeps no statistics: ask XLA what the compiled step needs instead.
+    # The CPU client keeps no statistics: ask XLA what the compiled step needs instead. The
+    # state is what Keras's JAX trainer passes to its jitted train_step (a private API).
     state = model._get_jax_state(
         trainable_variables=True,
         non_trainable_variables=True,

@@ -219,15 +219,14 @@ class GatedBatchNorm(keras.layers.Layer):
         # Each branch is normalized on its own: measured faster than one normalization over the
         # stacked channels, and the frozen branch then needs no batch moments at all.
         outputs = [
-            # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
-            self._normalize(
-                branch, ops.cast(values, backend.result_type(values.dtype, "float32")), training
-            )
+            self._normalize(branch, values, training)
             for branch, values in zip(("pretrained", "finetuned"), branches, strict=True)
         ]
         return ops.cast(mix_branches(*outputs, gate), self.compute_dtype)
 
     def _normalize(self, branch, values, training):
+        # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
+        values = ops.cast(values, backend.result_type(values.dtype, "float32"))
         dtype = values.dtype
         mean = ops.cast(getattr(self, f"{branch}_moving_mean"), dtype)
         variance = ops.cast(getattr(self, f"{branch}_moving_variance"), dtype)
