@@ -45,6 +45,7 @@ def build_parser():
     _add_compare(commands)
     _add_tune(commands)
     _add_demo(commands)
+    _add_benchmark(commands)
     return parser
 
 
@@ -316,6 +317,35 @@ def demo_main(argv=None):
     parser = build_parser()
     args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
     return args.run(args)
+
+
+def _add_benchmark(commands):
+    from adafilter_keras.transfer import command
+
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="the offline transfer benchmark: every method vs fine-tuning, paired over seeds",
+        description="Pre-train a SmallResNet on each source (cached), then transfer it to three "
+        "targets built from data shipped in packages: digits (MNIST -> UCI digits), classes "
+        "(MNIST 0-4 -> 5-9) and domain (MNIST -> MNIST blended with photographs), few-shot and "
+        "larger, with finetune, feature_extraction, l2sp, stochastic, block and adafilter, each "
+        "under its own recipe (own) and under one plain SGD (sgd). Prints and writes the mean "
+        "paired difference of every method against finetune with its 95%% interval. Offline; "
+        "runs are appended to runs.jsonl as they finish, and the same command resumes.",
+    )
+    command.add_arguments(benchmark)
+    benchmark.set_defaults(run=_benchmark)
+
+
+def _benchmark(args):
+    from adafilter_keras.transfer import command
+
+    try:
+        command.run(args)
+    except ValueError as error:
+        print(f"adafilter-keras benchmark: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _datasets(args):

@@ -32,8 +32,8 @@ def test_training_gates_are_exactly_zero_or_one(rng):
         assert gate.dtype == np.float32
 
 
-def test_inference_gates_are_deterministic_and_threshold_the_logits(rng):
-    controller = _controller()
+def test_threshold_inference_gates_are_deterministic_and_threshold_the_logits(rng):
+    controller = _controller(inference="threshold")
     xs = [x.astype("float32") for x in _inputs(rng)]
     first, second = _run_chain(controller, xs, False), _run_chain(controller, xs, False)
     for a, b in zip(first, second, strict=True):

@@ -1,12 +1,22 @@
 """GateController: the recurrent network that picks, per example and per filter, a branch."""
 
+import math
+
 import keras
 from keras import ops
 
 from adafilter_keras import validation
-from adafilter_keras.layers.gate_sampling import sample_gates
+from adafilter_keras.layers.gate_sampling import (
+    INFERENCE_RULES,
+    gate_probability,
+    sample_gates,
+    scale_gradient,
+)
 
 POLICIES = ("learned", "random")
+
+# Per-layer running sums kept in training, in this order (see `gate_report`).
+_REPORT_SUMS = ("examples", "disagreement", "probability_spread", "agreement")
 
 
 @keras.saving.register_keras_serializable(package="adafilter_keras")
@@ -25,9 +35,23 @@ class GateController(keras.layers.Layer):
     `projections[i]` (a `Dense(units)`) to the common width, runs the shared `LSTMCell(units)`, and
     maps the new hidden state through `heads[i]` (a `Dense(filters[i])`) to one logit per filter.
     Gates are exactly 0 or 1 (1 picks the fine-tuned filter): in training by the straight-through
-    binary Gumbel estimator at `temperature`, at inference by `1[logit > 0]`. Without `states`
-    the call starts from the zero state, sized from the batch, so the state is reset for every
-    batch.
+    binary Gumbel estimator at `temperature` (a gate is 1 with probability `sigmoid(logit)`);
+    at inference by the rule `inference` (`"expected"`: `sigmoid(logit)`, the training gate's
+    mean; `"threshold"`: `1[logit > 0]`). Without `states` the call starts from the zero state,
+    sized from the batch, so the state is reset for every batch.
+
+    Three settings make the controller learn from the first steps (docs/evidence.md has the
+    measurements behind their defaults):
+
+    * `initial_rate`: the heads' bias starts at `logit(initial_rate)`, so each gate starts as a
+      coin that picks the fine-tuned filter with that probability.
+    * `gradient_scale`: the gradient that reaches the controller's weights is multiplied by this
+      factor (the forward pass is unchanged). With SGD this is a learning-rate multiplier for
+      the controller that works with any optimizer a user compiles with. The controller reads
+      the backbone's activations without sending gradient back into them.
+    * `warmup_steps`: for the first training steps every gate is forced to 1 (plain fine-tuning,
+      so the fine-tuned filters move away from the pre-trained ones and the gates get a
+      gradient), while the controller already learns from the straight-through gradient.
 
     With `policy="random"` the controller has no weights: in training every gate is 1 with
     probability `random_rate`, independently; at inference the gate is the constant `random_rate`
@@ -47,6 +71,12 @@ class GateController(keras.layers.Layer):
             defaults to `"gated_layer_{i}"`.
         policy: `"learned"` (the recurrent gate network) or `"random"` (see above).
         random_rate: Probability of a fine-tuned gate under `policy="random"`, in (0, 1).
+        initial_rate: Initial probability of a fine-tuned gate under `policy="learned"`, in
+            (0, 1).
+        gradient_scale: Factor (> 0) on the gradient reaching the controller's weights.
+        inference: `"expected"` or `"threshold"`, the inference rule of learned gates.
+        warmup_steps: Training steps (calls with `training=True` of gated layer 0) during which
+            every learned gate is forced to 1.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
     """
 
@@ -60,6 +90,10 @@ class GateController(keras.layers.Layer):
         layer_names=None,
         policy="learned",
         random_rate=0.5,
+        initial_rate=0.5,
+        gradient_scale=1.0,
+        inference="expected",
+        warmup_steps=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,6 +125,19 @@ class GateController(keras.layers.Layer):
                 f"`random_rate` must be in (0, 1). Received: random_rate={random_rate!r}"
             )
         self.random_rate = random_rate
+        initial_rate = float(initial_rate)
+        if not 0.0 < initial_rate < 1.0:
+            raise ValueError(
+                f"`initial_rate` must be in (0, 1). Received: initial_rate={initial_rate!r}"
+            )
+        self.initial_rate = initial_rate
+        self.gradient_scale = validation.positive_float("gradient_scale", gradient_scale)
+        self.inference = validation.one_of("inference", inference, INFERENCE_RULES)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(
+                f"`warmup_steps` must be an int >= 0. Received: warmup_steps={warmup_steps!r}"
+            )
+        self.warmup_steps = warmup_steps
         if self.policy == "random":
             self.projections, self.cell, self.heads = [], None, []
             return
@@ -99,8 +146,14 @@ class GateController(keras.layers.Layer):
             for i in range(len(self.filters))
         ]
         self.cell = keras.layers.LSTMCell(self.units, name="cell", dtype=self.dtype_policy)
+        bias = math.log(self.initial_rate / (1.0 - self.initial_rate))
         self.heads = [
-            keras.layers.Dense(count, name=f"head_{i}", dtype=self.dtype_policy)
+            keras.layers.Dense(
+                count,
+                name=f"head_{i}",
+                bias_initializer=keras.initializers.Constant(bias),
+                dtype=self.dtype_policy,
+            )
             for i, count in enumerate(self.filters)
         ]
 
@@ -127,6 +180,18 @@ class GateController(keras.layers.Layer):
             self.add_weight(name=f"gate_count_{i}", shape=(), initializer="zeros", trainable=False)
             for i in range(len(self.filters))
         ]
+        self.report_sums = [
+            self.add_weight(
+                name=f"report_sums_{i}",
+                shape=(len(_REPORT_SUMS),),
+                initializer="zeros",
+                trainable=False,
+            )
+            for i in range(len(self.filters))
+        ]
+        self.training_steps = self.add_weight(
+            name="training_steps", shape=(), initializer="zeros", trainable=False
+        )
 
     def _check_call(self, inputs, index):
         if (
@@ -147,23 +212,53 @@ class GateController(keras.layers.Layer):
 
     def call(self, inputs, states=None, index=0, training=None):
         self._check_call(inputs, index)
-        pooled = ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
+        # The controller reads the activations; its (scaled) gradient does not flow back into them.
+        pooled = ops.stop_gradient(
+            ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
+        )
         if self.policy == "random":
             gate, hidden, cell_state = self._random_gate(pooled, states, index, training)
+            probability = ops.full(ops.shape(gate), self.random_rate, dtype="float32")
         else:
             projected = self.projections[index](pooled)
             if states is None:
                 zeros = ops.zeros_like(projected)
                 states = [zeros, zeros]
             hidden, (hidden, cell_state) = self.cell(projected, list(states), training=training)
-            logits = self.heads[index](hidden)
+            logits = scale_gradient(self.heads[index](hidden), self.gradient_scale)
             gate = sample_gates(
-                logits, temperature=self.temperature, seed=self.seed_generator, training=training
+                logits,
+                temperature=self.temperature,
+                seed=self.seed_generator,
+                training=training,
+                inference=self.inference,
             )
+            probability = gate_probability(logits)
+            if training and self.warmup_steps:
+                warm = ops.cast(self.training_steps < self.warmup_steps, "float32")
+                gate = gate + warm * ops.stop_gradient(1.0 - gate)
         if training:
-            self.gate_sums[index].assign_add(ops.sum(ops.stop_gradient(gate), axis=0))
-            self.gate_counts[index].assign_add(ops.cast(ops.shape(gate)[0], "float32"))
+            self._accumulate(index, ops.stop_gradient(gate), ops.stop_gradient(probability))
         return gate, hidden, cell_state
+
+    def _accumulate(self, index, gate, probability):
+        batch = ops.cast(ops.shape(gate)[0], "float32")
+        self.gate_sums[index].assign_add(ops.sum(gate, axis=0))
+        self.gate_counts[index].assign_add(batch)
+        if self.policy == "random":
+            inferred = probability
+        elif self.inference == "threshold":
+            inferred = ops.cast(probability > 0.5, "float32")
+        else:
+            inferred = probability
+        decided = ops.mean(ops.cast(probability > 0.5, "float32"), axis=0)
+        disagreement = ops.mean(2.0 * decided * (1.0 - decided))
+        spread = ops.mean(ops.std(probability, axis=0))
+        agreement = 1.0 - ops.mean(ops.abs(gate - inferred))
+        batch_sums = ops.stack([ops.ones(()), disagreement, spread, agreement]) * batch
+        self.report_sums[index].assign_add(batch_sums)
+        if index == 0:
+            self.training_steps.assign_add(1.0)
 
     def _random_gate(self, pooled, states, index, training):
         shape = (ops.shape(pooled)[0], self.filters[index])
@@ -199,9 +294,36 @@ class GateController(keras.layers.Layer):
             rates.append(total / count if count else total * float("nan"))
         return rates
 
+    def gate_report(self):
+        """Per gated layer, what the gates did in training since the last reset.
+
+        Returns:
+            A list with one dict per gated layer, in controller order, with keys
+            `fraction_finetuned` (mean training gate), `disagreement` (how much the inference
+            decision `1[p > 0.5]` depends on the input: the chance that two examples of a batch
+            get different decisions for the same filter, averaged over filters, 0 to 0.5),
+            `probability_spread` (the standard deviation across a batch of the gate probability
+            `p = sigmoid(logit)`, averaged over filters), and `train_inference_agreement`
+            (`1 - mean |training gate - inference gate|`: 1 when inference gives the gates that
+            training sampled). Values are NaN for a layer that has seen no training example.
+        """
+        reports = []
+        for gate_sum, sums in zip(self.gate_sums, self.report_sums, strict=True):
+            examples, disagreement, spread, agreement = ops.convert_to_numpy(sums).tolist()
+            scale = 1.0 / examples if examples else float("nan")
+            reports.append(
+                {
+                    "fraction_finetuned": float(ops.convert_to_numpy(gate_sum).mean()) * scale,
+                    "disagreement": disagreement * scale,
+                    "probability_spread": spread * scale,
+                    "train_inference_agreement": agreement * scale,
+                }
+            )
+        return reports
+
     def reset_gate_statistics(self):
-        """Sets the accumulated gate statistics to zero."""
-        for variable in (*self.gate_sums, *self.gate_counts):
+        """Sets the accumulated gate statistics to zero (not the warm-up step count)."""
+        for variable in (*self.gate_sums, *self.gate_counts, *self.report_sums):
             variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def get_config(self):
@@ -216,6 +338,10 @@ class GateController(keras.layers.Layer):
                 "layer_names": list(self.layer_names),
                 "policy": self.policy,
                 "random_rate": self.random_rate,
+                "initial_rate": self.initial_rate,
+                "gradient_scale": self.gradient_scale,
+                "inference": self.inference,
+                "warmup_steps": self.warmup_steps,
             }
         )
         return config

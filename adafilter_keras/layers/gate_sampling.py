@@ -1,30 +1,50 @@
-"""Discrete gates from logits: straight-through binary Gumbel in training, threshold otherwise."""
+"""Discrete gates from logits: straight-through binary Gumbel in training; inference rules."""
 
 from keras import ops, random
 
 _EPSILON = 1e-6
 
+INFERENCE_RULES = ("expected", "threshold")
 
-def sample_gates(logits, *, temperature, seed, training):
-    """Turns gate logits into 0/1 gates.
+
+def gate_probability(logits):
+    """The probability that a training gate is 1: `sigmoid(logits)` (logistic noise, see below)."""
+    return ops.sigmoid(ops.cast(logits, "float32"))
+
+
+def sample_gates(logits, *, temperature, seed, training, inference="expected"):
+    """Turns gate logits into gates.
 
     In training, logistic noise (the difference of two Gumbels) is added to the logits; the forward
-    value is the hard decision `1[logits + noise > 0]` and the gradient is that of the relaxed gate
-    `sigmoid((logits + noise) / temperature)` (straight-through estimator). At inference the gate is
-    the deterministic `1[logits > 0]`.
+    value is the hard decision `1[logits + noise > 0]`, which is 1 with probability
+    `sigmoid(logits)`, and the gradient is that of the relaxed gate
+    `sigmoid((logits + noise) / temperature)` (straight-through estimator).
+
+    At inference the gate follows `inference`:
+
+    * `"expected"`: `sigmoid(logits)`, the mean of the training gate. The network then computes
+      the expected mix it was trained on; a filter the controller is sure about (logit far from
+      0) still gets a gate of (almost exactly) 0 or 1.
+    * `"threshold"`: `1[logits > 0]`, the most likely training gate. Training never sees this
+      noiseless rule, so a filter with logits near 0 (trained as a coin flip) is pinned to one
+      branch; measured to lose accuracy (docs/evidence.md).
 
     Args:
         logits: Float tensor `(batch, filters)`.
         temperature: Positive float; lower values sharpen the relaxed gate's gradient.
         seed: A `keras.random.SeedGenerator` (required under JAX jit).
         training: Python bool or None (None means inference).
+        inference: `"expected"` or `"threshold"`, see above.
 
     Returns:
-        A float32 tensor of the logits' shape whose forward values are exactly 0.0 or 1.0.
+        A float32 tensor of the logits' shape. In training its forward values are exactly 0.0 or
+        1.0; at inference they are in [0, 1] (`"expected"`) or exactly 0.0 or 1.0.
     """
     logits = ops.cast(logits, "float32")
     if not training:
-        return ops.cast(logits > 0, "float32")
+        if inference == "threshold":
+            return ops.cast(logits > 0, "float32")
+        return gate_probability(logits)
     uniform = random.uniform(
         ops.shape(logits), minval=_EPSILON, maxval=1.0 - _EPSILON, dtype="float32", seed=seed
     )
@@ -33,3 +53,11 @@ def sample_gates(logits, *, temperature, seed, training):
     hard = ops.cast(noisy > 0, "float32")
     # `soft - stop_gradient(soft)` is exactly 0.0 forward: the forward value is `hard` bit for bit.
     return hard + (soft - ops.stop_gradient(soft))
+
+
+def scale_gradient(x, scale):
+    """Returns `x` unchanged in the forward pass, with its gradient multiplied by `scale`."""
+    if scale == 1.0:
+        return x
+    frozen = ops.stop_gradient(x)
+    return frozen + scale * (x - frozen)

@@ -98,12 +98,13 @@ def _load_weights(model, path, name):
         ) from None
 
 
-def small_resnet(input_shape, width=16, name="small_resnet"):
+def small_resnet(input_shape, width=16, name="small_resnet", bn_momentum=0.99):
     """A small ResNet built the way `keras.applications` builds its models (Conv2D, BN, adds).
 
     Stem conv, then three stages of one bottleneck-free residual block each (projection
     shortcuts where the shape changes), then global average pooling. Block layers follow the
     `keras.applications` naming (`conv2_block1_1_conv`, ...), so block granularity finds them.
+    `bn_momentum` is the momentum of every batch normalization's moving statistics.
     """
     layers = keras.layers
 
@@ -111,18 +112,18 @@ def small_resnet(input_shape, width=16, name="small_resnet"):
         shortcut = x
         if stride != 1 or x.shape[-1] != filters:
             shortcut = layers.Conv2D(filters, 1, strides=stride, name=f"{prefix}_0_conv")(x)
-            shortcut = layers.BatchNormalization(epsilon=1.001e-5, name=f"{prefix}_0_bn")(shortcut)
+            shortcut = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_0_bn")(shortcut)
         y = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{prefix}_1_conv")(x)
-        y = layers.BatchNormalization(epsilon=1.001e-5, name=f"{prefix}_1_bn")(y)
+        y = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_1_bn")(y)
         y = layers.Activation("relu", name=f"{prefix}_1_relu")(y)
         y = layers.Conv2D(filters, 3, padding="same", name=f"{prefix}_2_conv")(y)
-        y = layers.BatchNormalization(epsilon=1.001e-5, name=f"{prefix}_2_bn")(y)
+        y = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_2_bn")(y)
         y = layers.Add(name=f"{prefix}_add")([shortcut, y])
         return layers.Activation("relu", name=f"{prefix}_out")(y)
 
     inputs = keras.Input(tuple(input_shape))
     x = layers.Conv2D(width, 3, padding="same", name="conv1_conv")(inputs)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     for stage, (filters, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)]):
         x = block(x, filters, stride, f"conv{stage + 2}_block1")

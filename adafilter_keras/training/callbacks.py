@@ -10,22 +10,38 @@ from adafilter_keras.inspection import find_controller
 
 
 class GateStatistics(keras.callbacks.Callback):
-    """Logs, each epoch, how often each gated layer chose its fine-tuned filters in training.
+    """Logs, each epoch, what the gates of every gated layer did in training.
 
-    Writes to TensorBoard (under `log_dir`): a scalar per gated layer
-    (`gates/<layer>`: fraction of fine-tuned filter choices over the epoch's training examples),
-    the mean over layers (`gates/mean`), a histogram per layer of the per-filter rates, and an
-    image `gates/per_layer` plotting the fraction per layer. Keeps the per-epoch fractions in
-    `history` (one list per epoch) and adds `gate_fraction` to the epoch logs.
+    Per gated layer and epoch (see `GateController.gate_report`):
+
+    * `fraction_finetuned`: how often the training gates picked the fine-tuned filter;
+    * `disagreement`: how much the inference decision depends on the input (the chance that two
+      examples of a batch get different decisions for one filter; 0 means one fixed choice for
+      every input);
+    * `probability_spread`: the spread across a batch of the gate probability `sigmoid(logit)`;
+    * `train_inference_agreement`: how well the inference gates match the sampled training gates;
+    * `controller_gradient`: the norm of the loss gradient reaching the layer's controller head
+      (and `controller_gradient/total` for the whole controller), on a fixed probe batch in
+      training mode, computed without changing any weight or statistic (TensorFlow and JAX).
+
+    Writes them to TensorBoard under `log_dir` (`gates/<layer>` for the fraction, `gates/mean`,
+    `gate_disagreement/<layer>`, `gate_spread/<layer>`, `gate_agreement/<layer>`,
+    `controller_gradient/<layer>`, a histogram per layer of the per-filter rates and an image
+    `gates/per_layer`), keeps them per epoch in `history` (fractions) and `reports` (everything),
+    and adds `gate_fraction`, `gate_disagreement` and `gate_agreement` (means over layers) to the
+    epoch logs.
 
     Args:
         log_dir: TensorBoard directory; None logs nothing to TensorBoard.
+        probe: Optional `(images, labels)` batch for the gradient probe; None skips it.
     """
 
-    def __init__(self, log_dir=None):
+    def __init__(self, log_dir=None, probe=None):
         super().__init__()
         self.log_dir = log_dir
+        self.probe = probe
         self.history = []
+        self.reports = []
         self.layer_names = []
         self._controller = None
         self._writer = None
@@ -42,22 +58,47 @@ class GateStatistics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         rates = self._controller.gate_statistics()
         fractions = [float(np.mean(r)) for r in rates]
+        report = self._controller.gate_report()
+        gradients = controller_gradient_norms(self.model, self._controller, self.probe)
+        if gradients is not None:
+            for layer_report, norm in zip(report, gradients["per_layer"], strict=True):
+                layer_report["controller_gradient"] = norm
         self.history.append(fractions)
+        self.reports.append(
+            {
+                "epoch": epoch + 1,
+                "layers": report,
+                "controller_gradient_total": None if gradients is None else gradients["total"],
+            }
+        )
         if logs is not None and fractions and not any(math.isnan(f) for f in fractions):
             logs["gate_fraction"] = float(np.mean(fractions))
+            logs["gate_disagreement"] = float(np.mean([r["disagreement"] for r in report]))
+            logs["gate_agreement"] = float(
+                np.mean([r["train_inference_agreement"] for r in report])
+            )
         if self._writer is not None:
-            self._write(epoch, rates, fractions)
+            self._write(epoch, rates, fractions, report, gradients)
         self._controller.reset_gate_statistics()
 
-    def _write(self, epoch, rates, fractions):
+    def _write(self, epoch, rates, fractions, report, gradients):
         import tensorflow as tf
 
         with self._writer.as_default(step=epoch):
-            for name, rate, fraction in zip(self.layer_names, rates, fractions, strict=True):
+            for name, rate, fraction, layer in zip(
+                self.layer_names, rates, fractions, report, strict=True
+            ):
                 if math.isnan(fraction):
                     continue
                 tf.summary.scalar(f"gates/{name}", fraction)
                 tf.summary.histogram(f"gate_rates/{name}", rate)
+                tf.summary.scalar(f"gate_disagreement/{name}", layer["disagreement"])
+                tf.summary.scalar(f"gate_spread/{name}", layer["probability_spread"])
+                tf.summary.scalar(f"gate_agreement/{name}", layer["train_inference_agreement"])
+                if "controller_gradient" in layer:
+                    tf.summary.scalar(f"controller_gradient/{name}", layer["controller_gradient"])
+            if gradients is not None:
+                tf.summary.scalar("controller_gradient/total", gradients["total"])
             tf.summary.scalar("gates/mean", float(np.nanmean(fractions)))
             tf.summary.image("gates/per_layer", plot_fractions(self.layer_names, fractions)[None])
         self._writer.flush()
@@ -66,6 +107,56 @@ class GateStatistics(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def controller_gradient_norms(model, controller, probe):
+    """The gradient norm that reaches the controller on one batch, per gated layer and in total.
+
+    Runs `model` in training mode on `probe = (images, labels)` with `model.stateless_call`, so no
+    weight, moving statistic, gate statistic or noise seed changes. The loss is the compiled
+    loss. Per layer, the norm is over that layer's controller head (its logits' weights).
+
+    Returns:
+        `{"per_layer": [float, ...], "total": float}`, or None where it cannot be computed (no
+        probe, a policy without weights, or a backend other than TensorFlow and JAX).
+    """
+    backend = keras.backend.backend()
+    if probe is None or controller.policy != "learned" or backend not in ("tensorflow", "jax"):
+        return None
+    images, labels = probe
+    loss_fn = keras.losses.get(model.loss)
+    trainable = model.trainable_variables
+    non_trainable = [keras.ops.convert_to_tensor(v) for v in model.non_trainable_variables]
+    ids = {id(v): i for i, v in enumerate(trainable)}
+    groups = [[ids[id(v)] for v in head.trainable_variables] for head in controller.heads]
+    everything = [ids[id(v)] for v in controller.trainable_variables if id(v) in ids]
+
+    def loss(values):
+        outputs, _ = model.stateless_call(values, non_trainable, images, training=True)
+        return keras.ops.mean(loss_fn(labels, outputs))
+
+    values = [keras.ops.convert_to_tensor(v) for v in trainable]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            value = loss(values)
+        grads = tape.gradient(value, values)
+    else:
+        import jax
+
+        grads = jax.grad(loss)(values)
+
+    def norm(indices):
+        total = sum(
+            float(np.sum(np.square(keras.ops.convert_to_numpy(grads[i]))))
+            for i in indices
+            if grads[i] is not None
+        )
+        return math.sqrt(total)
+
+    return {"per_layer": [norm(group) for group in groups], "total": norm(everything)}
 
 
 def plot_fractions(layer_names, fractions, title="Fraction of fine-tuned filters per gated layer"):

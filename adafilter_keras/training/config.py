@@ -6,6 +6,7 @@ import re
 
 from adafilter_keras import validation
 from adafilter_keras.training.backbones import BACKBONES
+from adafilter_keras.wrapping.wrap import DEFAULTS as GATE_DEFAULTS
 
 METHODS = ("adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block")
 SCHEDULES = ("cosine", "step")
@@ -47,6 +48,10 @@ class TrainConfig:
         controller_units: Width of the gate controller.
         temperature: Gate temperature.
         pretrained_bn: `frozen` or `adapt`: the pre-trained branch of every gated BN.
+        initial_rate: Initial probability of a fine-tuned gate (`wrap(initial_rate=...)`).
+        gradient_scale: Factor on the controller's gradient (`wrap(gradient_scale=...)`).
+        inference: `expected` or `threshold`: the inference rule of learned gates.
+        gate_warmup_steps: Training steps with every learned gate forced to 1.
         random_rate: Gate probability of the `stochastic` method.
         l2sp_alpha: L2-SP strength toward the pre-trained weights.
         l2sp_beta: L2 strength on the head for L2-SP.
@@ -73,7 +78,7 @@ class TrainConfig:
     data_dir: str | None = None
     learning_rate: float = 0.01
     head_lr_multiplier: float = 10.0
-    controller_lr_multiplier: float = 10.0
+    controller_lr_multiplier: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
@@ -82,8 +87,12 @@ class TrainConfig:
     step_factor: float = 0.1
     label_smoothing: float = 0.0
     controller_units: int = 64
-    temperature: float = 1.0
-    pretrained_bn: str = "frozen"
+    temperature: float = GATE_DEFAULTS["temperature"]
+    pretrained_bn: str = GATE_DEFAULTS["pretrained_bn"]
+    initial_rate: float = GATE_DEFAULTS["initial_rate"]
+    gradient_scale: float = GATE_DEFAULTS["gradient_scale"]
+    inference: str = GATE_DEFAULTS["inference"]
+    gate_warmup_steps: int = GATE_DEFAULTS["gate_warmup_steps"]
     random_rate: float = 0.5
     l2sp_alpha: float = 0.01
     l2sp_beta: float = 0.01
@@ -107,6 +116,7 @@ class TrainConfig:
         validation.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         validation.one_of("distribution", self.distribution, DISTRIBUTIONS)
         validation.one_of("pretrained_bn", self.pretrained_bn, ("frozen", "adapt"))
+        validation.one_of("inference", self.inference, ("expected", "threshold"))
         validation.one_of("jit_compile", self.jit_compile, ("auto", True, False))
         validation.one_of("cache", self.cache, ("auto", True, False))
         validation.one_of("rest_as_test", self.rest_as_test, (True, False))
@@ -117,7 +127,7 @@ class TrainConfig:
             )
         for name in ("image_size", "batch_size", "epochs", "controller_units"):
             validation.positive_int(name, getattr(self, name))
-        for name in ("learning_rate", "temperature", "step_factor"):
+        for name in ("learning_rate", "temperature", "step_factor", "gradient_scale"):
             validation.positive_float(name, getattr(self, name))
         for name in ("head_lr_multiplier", "controller_lr_multiplier", "weight_decay",
                      "l2sp_alpha", "l2sp_beta", "label_smoothing", "momentum"):  # fmt: skip
@@ -129,8 +139,18 @@ class TrainConfig:
                 "`momentum` and `label_smoothing` must be < 1. "
                 f"Received: momentum={self.momentum!r}, label_smoothing={self.label_smoothing!r}"
             )
-        if not 0 < self.random_rate < 1:
-            raise ValueError(f"`random_rate` must be in (0, 1). Received: {self.random_rate!r}")
+        for name in ("random_rate", "initial_rate"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ValueError(f"`{name}` must be in (0, 1). Received: {name}={value!r}")
+        if (
+            isinstance(self.gate_warmup_steps, bool)
+            or not isinstance(self.gate_warmup_steps, int)
+            or self.gate_warmup_steps < 0
+        ):
+            raise ValueError(
+                f"`gate_warmup_steps` must be an int >= 0. Received: gate_warmup_steps={self.gate_warmup_steps!r}"
+            )
         if (
             isinstance(self.warmup_epochs, bool)
             or not isinstance(self.warmup_epochs, int)

@@ -44,21 +44,61 @@ def build_model(config, num_classes):
     # The head stays float32 under mixed precision, so the logits and loss are computed in full.
     outputs = keras.layers.Dense(num_classes, name=HEAD, dtype="float32")(features)
     model = keras.Model(inputs, outputs, name=f"{config.method}_{backbone.name}")
-    method = config.method
+    return apply_method(
+        model,
+        backbone,
+        config.method,
+        seed=config.seed,
+        l2sp_alpha=config.l2sp_alpha,
+        l2sp_beta=config.l2sp_beta,
+        random_rate=config.random_rate,
+        controller_units=config.controller_units,
+        **{name: getattr(config, name) for name in GATE_SETTINGS},
+    )
+
+
+# TrainConfig fields passed to wrap() as they are, for the gated methods.
+GATE_SETTINGS = (
+    "temperature",
+    "pretrained_bn",
+    "initial_rate",
+    "gradient_scale",
+    "inference",
+    "gate_warmup_steps",
+)
+
+
+def apply_method(
+    model,
+    backbone,
+    method,
+    *,
+    seed=None,
+    l2sp_alpha=0.01,
+    l2sp_beta=0.01,
+    random_rate=0.5,
+    controller_units=64,
+    **gate_settings,
+):
+    """Turns `model` (`backbone` with a new `Dense` head named `head`) into `method`'s model.
+
+    `finetune` returns `model` as it is; `feature_extraction` freezes `backbone`; `l2sp` adds its
+    penalties; `adafilter`, `stochastic` and `block` return `wrap(model, ...)` with
+    `gate_settings` (wrap()'s gate arguments) and the method's policy and granularity.
+    """
     if method == "feature_extraction":
         backbone.trainable = False
     elif method == "l2sp":
-        _add_l2sp(backbone, model.get_layer(HEAD), config.l2sp_alpha, config.l2sp_beta)
+        _add_l2sp(backbone, model.get_layer(HEAD), l2sp_alpha, l2sp_beta)
     elif method in ("adafilter", "stochastic", "block"):
         model = wrap(
             model,
-            controller_units=config.controller_units,
-            temperature=config.temperature,
-            pretrained_bn=config.pretrained_bn,
-            seed=config.seed,
+            controller_units=controller_units,
+            seed=seed,
             policy="random" if method == "stochastic" else "learned",
-            random_rate=config.random_rate,
+            random_rate=random_rate,
             granularity="block" if method == "block" else "filter",
+            **gate_settings,
         )
     return model
 

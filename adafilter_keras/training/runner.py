@@ -94,7 +94,10 @@ def train(config, verbose="auto", callbacks=()):
     history_so_far = _read_csv_log(run_dir / "log.csv")
     monitor = "val_accuracy" if validation_data is not None else "accuracy"
     best_so_far = max((row.get(monitor, -math.inf) for row in history_so_far), default=None)
-    gates = run_callbacks.GateStatistics(run_dir / "logs" / "gates") if _has_gates(model) else None
+    gates = None
+    if _has_gates(model):
+        probe = tuple(np.asarray(part) for part in next(iter(train_data.take(1))))
+        gates = run_callbacks.GateStatistics(run_dir / "logs" / "gates", probe=probe)
     nan_guard = run_callbacks.StopOnNaN(
         lambda epoch, batch: TrainingDivergedError(
             f"The loss became NaN or infinite at epoch {epoch + 1}, batch {batch}; training "
@@ -151,10 +154,16 @@ def _results(config, dataset, model, rows, monitor, gates, history, test_accurac
     gate_summary = None
     if gates is not None and gates.history:
         last = gates.history[-1]
+        report = gates.reports[-1]["layers"]
         gate_summary = {
             "layers": gates.layer_names,
             "fraction_finetuned_last_epoch": last,
             "mean_fraction_finetuned_last_epoch": float(np.nanmean(last)),
+            "mean_last_epoch": {
+                key: float(np.nanmean([layer[key] for layer in report]))
+                for key in report[0]
+            },
+            "per_epoch": gates.reports,
         }
     return {
         "dataset": dataset.name,

@@ -15,6 +15,17 @@ from adafilter_keras.wrapping.graph import FunctionalGraph, call_arguments, is_f
 from adafilter_keras.wrapping.targets import describe
 
 GRANULARITIES = ("filter", "block")
+
+# The defaults of the gate settings, chosen on validation accuracy across the transfer benchmark's
+# tasks and seeds (docs/evidence.md). One place, so wrap(), the harness and the docs agree.
+DEFAULTS = dict(
+    temperature=1.0,
+    pretrained_bn="adapt",
+    initial_rate=0.5,
+    gradient_scale=1.0,
+    inference="expected",
+    gate_warmup_steps=0,
+)
 _BLOCK_NAME = re.compile(r"^(.+_block\d+)_")
 
 
@@ -24,12 +35,16 @@ def wrap(
     targets=None,
     exclude=None,
     controller_units=64,
-    temperature=1.0,
-    pretrained_bn="frozen",
+    temperature=DEFAULTS["temperature"],
+    pretrained_bn=DEFAULTS["pretrained_bn"],
     seed=None,
     policy="learned",
     random_rate=0.5,
     granularity="filter",
+    initial_rate=DEFAULTS["initial_rate"],
+    gradient_scale=DEFAULTS["gradient_scale"],
+    inference=DEFAULTS["inference"],
+    gate_warmup_steps=DEFAULTS["gate_warmup_steps"],
 ):
     """Turns a pre-trained functional CNN into an AdaFilter model.
 
@@ -71,6 +86,13 @@ def wrap(
             example and residual block, shared by all the block's convolutions, as in SpotTune;
             blocks are recognised by the `keras.applications` naming `..._block<N>_...`, and any
             other conv is a block of its own).
+        initial_rate: Initial probability that a learned gate picks the fine-tuned filter.
+        gradient_scale: Factor on the gradient that reaches the controller (its learning rate
+            relative to the filters', under SGD, whatever optimizer the model is compiled with).
+        inference: `"expected"` (gate = `sigmoid(logit)`, the mean of the training gate) or
+            `"threshold"` (gate = `1[logit > 0]`) at inference.
+        gate_warmup_steps: Training steps during which every learned gate is 1 (plain fine-tuning)
+            while the controller already learns.
 
     Returns:
         A new functional `keras.Model` with the same inputs, outputs and name.
@@ -88,6 +110,7 @@ def wrap(
         policy=validation.one_of("policy", policy, POLICIES),
         random_rate=_check_rate(random_rate),
         granularity=validation.one_of("granularity", granularity, GRANULARITIES),
+        gate_options=_gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps),
     )
     model = _as_functional(model)
     plan = _plan(model, targets, exclude)
@@ -103,6 +126,20 @@ class _Options:
     policy: str
     random_rate: float
     granularity: str
+    gate_options: dict
+
+
+def _gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps):
+    # GateController validates these with the same messages; build a throwaway one first so a
+    # bad value fails before any of the model is rewritten.
+    options = dict(
+        initial_rate=initial_rate,
+        gradient_scale=gradient_scale,
+        inference=inference,
+        warmup_steps=gate_warmup_steps,
+    )
+    GateController(filters=[1], input_channels=[1], **options)
+    return options
 
 
 @dataclasses.dataclass
@@ -327,6 +364,7 @@ class _Rewriter:
             layer_names=[name for name, _ in self.blocks],
             policy=self.options.policy,
             random_rate=self.options.random_rate,
+            **self.options.gate_options,
             dtype=firsts[0].dtype_policy,
             name=name,
         )

@@ -1,0 +1,114 @@
+"""`adafilter-keras benchmark` (and `python benchmarks/transfer.py`): presets, flags, running."""
+
+import dataclasses
+import pathlib
+import time
+
+from adafilter_keras.transfer import report
+from adafilter_keras.transfer.runs import METHODS, OPTIMIZERS, Benchmark, BenchmarkSettings
+from adafilter_keras.transfer.tasks import REGIMES, TASKS
+
+PRESETS = {
+    # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers; 5 seeds few-shot, 3 larger.
+    "full": BenchmarkSettings(),
+    # For iterating: one task, few-shot, 3 seeds (about 10 minutes on 2 CPU cores).
+    "quick": BenchmarkSettings(tasks=("digits",), regimes=("few_shot",), seeds=(0, 1, 2)),
+}
+
+
+def add_arguments(parser):
+    """The benchmark's flags, on `parser`."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick preset: task digits, few-shot only, seeds 0 1 2 (about 10 min)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default="runs/benchmark",
+        help="where runs.jsonl, the cached source models, results.json, table.md and "
+        "differences.png go; a second run with the same settings resumes (default: %(default)s)",
+    )
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, help=f"default: {' '.join(TASKS)}")
+    parser.add_argument(
+        "--regimes", nargs="+", choices=REGIMES, help=f"default: {' '.join(REGIMES)}"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, help=f"default: {' '.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        choices=OPTIMIZERS,
+        help="own: each method's harness recipe; sgd: one plain SGD(0.01, momentum 0.9) for all "
+        f"(default: {' '.join(OPTIMIZERS)})",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="few-shot seeds (default: 0 1 2 3 4)")
+    parser.add_argument(
+        "--large-seeds", nargs="+", type=int, help="seeds of the larger regime (default: 0 1 2)"
+    )
+    parser.add_argument("--shots", type=int, help="few-shot images per class (default: 10)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table and figure from the runs done so far, run nothing",
+    )
+
+
+def settings_from(args):
+    """The `BenchmarkSettings` the flags ask for."""
+    settings = PRESETS["quick" if args.quick else "full"]
+    overrides = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name in ("tasks", "regimes", "methods", "optimizers", "seeds", "large_seeds", "shots")
+        if (value := getattr(args, name, None)) is not None
+    }
+    if "shots" in overrides and overrides["shots"] < 1:
+        raise ValueError(f"`--shots` must be >= 1. Received: {overrides['shots']}")
+    return dataclasses.replace(settings, **overrides)
+
+
+def note(settings):
+    """What the table was run with, in words, for under the table."""
+    return (
+        f"Settings: SmallResNet (width {settings.width}) pre-trained on the source at "
+        f"{settings.image_size} px for {settings.source_epochs} epochs; batch "
+        f"{settings.batch_size}; few-shot: {settings.shots} images per class, "
+        f"{settings.few_shot_steps} steps, seeds {list(settings.seeds)}; larger: up to 300 "
+        f"images per class, {settings.large_epochs} epochs, seeds {list(settings.large_seeds)}; "
+        "20 validation images per class; accuracy after the last step (no selection on test)."
+    )
+
+
+def run(args, stream=None):
+    """Runs (or resumes) the benchmark the flags ask for, then writes and prints the report."""
+    settings = settings_from(args)
+    benchmark = Benchmark(settings, args.output_dir, stream=stream)
+    started = time.time()
+    if args.report_only:
+        records = [r for r in benchmark.done().values() if _wanted(r, settings)]
+        if not records:
+            raise ValueError(f"No runs of these settings in {benchmark.results_path} yet.")
+    else:
+        records = benchmark.run()
+    table = report.write(records, pathlib.Path(args.output_dir), note(settings))
+    print(table, file=stream)
+    print(
+        f"\n{len(records)} runs; results.json, table.md and differences.png in {args.output_dir} "
+        f"({time.time() - started:.0f} s)",
+        file=stream,
+    )
+    return records
+
+
+def _wanted(record, settings):
+    from adafilter_keras.transfer.runs import run_key
+
+    return record["key"] == run_key(
+        settings,
+        record["task"],
+        record["regime"],
+        record["method"],
+        record["optimizer"],
+        record["seed"],
+    )

@@ -1,0 +1,246 @@
+"""Paired comparisons, tables and a figure from the transfer benchmark's run records."""
+
+import collections
+import json
+import math
+import statistics
+
+BASELINE = "finetune"
+
+
+def t_quantile(count):
+    """The two-sided 95% quantile of Student's t with `count - 1` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, count - 1))
+
+
+def paired(differences):
+    """Mean and 95% half-width (Student's t) of paired differences; half-width NaN for n < 2."""
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return mean, math.nan
+    return mean, t_quantile(len(differences)) * statistics.stdev(differences) / math.sqrt(
+        len(differences)
+    )
+
+
+def compare(records, metric="test_accuracy", baseline=BASELINE):
+    """Per (task, regime, optimizer, method): the paired difference against `baseline`.
+
+    Each method's run is paired with the baseline's run of the same task, regime, optimizer and
+    seed (same training images, order and head initialisation). Differences are in percentage
+    points of accuracy (positive: the method is better).
+
+    Returns:
+        A list of dicts with `task, regime, optimizer, method, seeds, accuracy` (mean %),
+        `difference` (mean paired difference) and `interval` (95% half-width).
+    """
+    by_cell = collections.defaultdict(dict)
+    for record in records:
+        cell = (record["task"], record["regime"], record["optimizer"], record["method"])
+        by_cell[cell][record["seed"]] = 100.0 * record[metric]
+    rows = []
+    for (task, regime, optimizer, method), values in by_cell.items():
+        base = by_cell.get((task, regime, optimizer, baseline), {})
+        seeds = sorted(set(values) & set(base))
+        row = {
+            "task": task,
+            "regime": regime,
+            "optimizer": optimizer,
+            "method": method,
+            "seeds": len(values),
+            "accuracy": statistics.fmean(values.values()),
+            "difference": math.nan,
+            "interval": math.nan,
+        }
+        if seeds:
+            row["difference"], row["interval"] = paired([values[s] - base[s] for s in seeds])
+        rows.append(row)
+    return rows
+
+
+def pair_methods(records, method, other, metric="test_accuracy"):
+    """Like `compare` for one pair: `method - other` per (task, regime, optimizer)."""
+    kept = [r for r in records if r["method"] in (method, other)]
+    renamed = [dict(r, method=BASELINE if r["method"] == other else r["method"]) for r in kept]
+    return [row for row in compare(renamed, metric) if row["method"] == method]
+
+
+def overall(rows):
+    """The mean over cells of the mean differences, with a 95% half-width (normal, independent
+    cells: the square root of the summed squared half-widths over the number of cells)."""
+    usable = [row for row in rows if not math.isnan(row["difference"])]
+    if not usable:
+        return math.nan, math.nan
+    mean = statistics.fmean(row["difference"] for row in usable)
+    if any(math.isnan(row["interval"]) for row in usable):
+        return mean, math.nan
+    return mean, math.sqrt(sum(row["interval"] ** 2 for row in usable)) / len(usable)
+
+
+def gate_summary(records, method="adafilter"):
+    """Per (task, regime, optimizer): the instruments of `method`'s gates, averaged over layers
+    and seeds (over the last quarter of training)."""
+    keys = ("fraction_finetuned", "disagreement", "probability_spread", "train_inference_agreement")
+    groups = collections.defaultdict(list)
+    for record in records:
+        if record["method"] == method and record.get("gates"):
+            groups[(record["task"], record["regime"], record["optimizer"])].append(record["gates"])
+    return {
+        cell: {
+            key: statistics.fmean(
+                statistics.fmean(layer[key] for layer in gates) for gates in runs_gates
+            )
+            for key in keys
+        }
+        for cell, runs_gates in groups.items()
+    }
+
+
+def _cell(row):
+    if math.isnan(row["difference"]):
+        return f"{row['accuracy']:.1f}"
+    interval = "" if math.isnan(row["interval"]) else f" ± {row['interval']:.1f}"
+    return f"{row['accuracy']:.1f} ({row['difference']:+.1f}{interval})"
+
+
+def markdown(records, settings_note=""):
+    """The benchmark's tables in Markdown: one per optimizer setting, and the gate instruments."""
+    lines = []
+    for metric, title in (("test_accuracy", "Test"), ("val_accuracy", "Validation")):
+        rows = compare(records, metric)
+        columns = sorted({(r["task"], r["regime"]) for r in rows}, key=_column_order)
+        seeds = {(r["task"], r["regime"]): r["seeds"] for r in rows}
+        for optimizer in sorted({r["optimizer"] for r in rows}):
+            chosen = [r for r in rows if r["optimizer"] == optimizer]
+            methods = _method_order({r["method"] for r in chosen})
+            lines.append(
+                f"**{title} accuracy %, optimizer `{optimizer}`**: mean over seeds (paired "
+                f"difference vs {BASELINE} ± 95% interval, points)"
+            )
+            lines.append("")
+            header = " | ".join(f"{t} {g.replace('_', '-')} ({seeds[(t, g)]} seeds)" for t, g in columns)
+            lines.append(f"| method | {header} | mean difference |")
+            lines.append("|---" * (len(columns) + 2) + "|")
+            for method in methods:
+                cells = {(r["task"], r["regime"]): r for r in chosen if r["method"] == method}
+                parts = [_cell(cells[c]) if c in cells else "—" for c in columns]
+                mean, interval = overall(list(cells.values()))
+                summary = "—" if method == BASELINE else f"{mean:+.2f} ± {interval:.2f}"
+                lines.append(f"| {method} | " + " | ".join(parts) + f" | {summary} |")
+            lines.append("")
+    learned = pair_methods(records, "adafilter", "stochastic")
+    if learned:
+        lines.append("**Learned gates vs random gates** (adafilter − stochastic, test, points)")
+        lines.append("")
+        lines.append("| optimizer | " + " | ".join(f"{r['task']} {r['regime']}" for r in learned if r["optimizer"] == learned[0]["optimizer"]) + " | mean |")
+        lines.append("|---" * (2 + sum(r["optimizer"] == learned[0]["optimizer"] for r in learned)) + "|")
+        for optimizer in sorted({r["optimizer"] for r in learned}):
+            chosen = sorted(
+                (r for r in learned if r["optimizer"] == optimizer),
+                key=lambda r: _column_order((r["task"], r["regime"])),
+            )
+            parts = [f"{r['difference']:+.1f} ± {r['interval']:.1f}" for r in chosen]
+            mean, interval = overall(chosen)
+            lines.append(f"| {optimizer} | " + " | ".join(parts) + f" | {mean:+.2f} ± {interval:.2f} |")
+        lines.append("")
+    gates = gate_summary(records)
+    if gates:
+        lines.append(
+            "**AdaFilter's gates** (last quarter of training, mean over layers and seeds): "
+            "fraction of fine-tuned choices, disagreement between examples (input dependence, "
+            "0 to 0.5), spread of the gate probability across a batch, agreement of the "
+            "inference gates with the training gates"
+        )
+        lines.append("")
+        lines.append("| task | regime | optimizer | fine-tuned | disagreement | spread | agreement |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for (task, regime, optimizer), values in sorted(gates.items()):
+            lines.append(
+                f"| {task} | {regime} | {optimizer} | {values['fraction_finetuned']:.2f} | "
+                f"{values['disagreement']:.3f} | {values['probability_spread']:.3f} | "
+                f"{values['train_inference_agreement']:.2f} |"
+            )
+        lines.append("")
+    if settings_note:
+        lines.append(settings_note)
+    return "\n".join(lines)
+
+
+def _column_order(column):
+    from adafilter_keras.transfer.tasks import REGIMES, TASKS
+
+    task, regime = column
+    return (TASKS.index(task) if task in TASKS else 99, REGIMES.index(regime) if regime in REGIMES else 99)
+
+
+def _method_order(methods):
+    from adafilter_keras.transfer.runs import METHODS
+
+    return sorted(methods, key=lambda m: METHODS.index(m) if m in METHODS else 99)
+
+
+def figure(records, path):
+    """Saves a dot-and-interval plot of each method's paired test difference vs fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = [r for r in compare(records) if r["method"] != BASELINE]
+    optimizers = sorted({r["optimizer"] for r in rows})
+    columns = sorted({(r["task"], r["regime"]) for r in rows}, key=_column_order)
+    methods = _method_order({r["method"] for r in rows})
+    figure_, axes = plt.subplots(
+        1, len(optimizers), figsize=(5.5 * len(optimizers), 3.6), squeeze=False, sharey=True
+    )
+    colors = ["#3a7bd5", "#e07b39", "#4caf50", "#9c27b0", "#d32f2f", "#607d8b"]
+    for axis, optimizer in zip(axes[0], optimizers, strict=True):
+        for number, method in enumerate(methods):
+            offset = (number - (len(methods) - 1) / 2) * 0.12
+            chosen = {
+                (r["task"], r["regime"]): r
+                for r in rows
+                if r["optimizer"] == optimizer and r["method"] == method
+            }
+            xs = [i + offset for i, c in enumerate(columns) if c in chosen]
+            ys = [chosen[c]["difference"] for c in columns if c in chosen]
+            errors = [
+                0 if math.isnan(chosen[c]["interval"]) else chosen[c]["interval"]
+                for c in columns
+                if c in chosen
+            ]
+            axis.errorbar(xs, ys, yerr=errors, fmt="o", ms=4, capsize=2, label=method,
+                          color=colors[number % len(colors)])  # fmt: skip
+        axis.axhline(0, color="black", lw=0.8)
+        axis.set_xticks(range(len(columns)))
+        axis.set_xticklabels([f"{t}\n{g}" for t, g in columns], fontsize=8)
+        axis.set_title(f"optimizer: {optimizer}", fontsize=9)
+        axis.set_ylabel(f"test accuracy − {BASELINE} (points)")
+    axes[0][0].legend(fontsize=7)
+    figure_.tight_layout()
+    figure_.savefig(path, dpi=100)
+    plt.close(figure_)
+
+
+def write(records, output_dir, settings_note=""):
+    """Writes `results.json` (records + comparisons), `table.md` and `differences.png`."""
+    import pathlib
+
+    output_dir = pathlib.Path(output_dir)
+    summary = {
+        "comparisons": compare(records),
+        "validation_comparisons": compare(records, "val_accuracy"),
+        "learned_vs_random": pair_methods(records, "adafilter", "stochastic"),
+        "gates": [
+            {"task": t, "regime": g, "optimizer": o, **values}
+            for (t, g, o), values in sorted(gate_summary(records).items())
+        ],
+        "runs": records,
+    }
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    table = markdown(records, settings_note)
+    (output_dir / "table.md").write_text(table + "\n")
+    figure(records, output_dir / "differences.png")
+    return table

@@ -1,0 +1,383 @@
+"""Running the transfer benchmark: many runs in one process, each compiled model reused per seed.
+
+A *cell* is (task, regime, method, optimizer). Its model is built and compiled once; each seed
+then gets the weights of a model built fresh with that seed (same head initialisation, gate
+noise seed and controller weights as a separate run would have), zeroed optimizer state, and
+its own training images and order. Results are appended, one JSON line per run, to
+`runs.jsonl`; a run already there is not run again, so a killed benchmark resumes where it
+stopped and a benchmark spread over several sittings gives the same table.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+
+import keras
+import numpy as np
+
+from adafilter_keras.training.backbones import small_resnet
+from adafilter_keras.training.methods import HEAD, apply_method
+from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
+from adafilter_keras.transfer import tasks as task_data
+
+METHODS = ("finetune", "feature_extraction", "l2sp", "stochastic", "block", "adafilter")
+# "own": each method under the harness's recipe for it (TrainConfig defaults: cosine schedule with
+# warm-up, head at 10x the rate, weight decay; L2-SP's penalty instead of decay).
+# "sgd": one plain keras.optimizers.SGD(0.01, momentum=0.9) for every method, as a user would
+# compile it.
+OPTIMIZERS = ("own", "sgd")
+RESULTS = "runs.jsonl"
+# Few-shot runs are short: with Keras's default 0.99 the moving statistics would still be mostly
+# the source's at the end of training, for every method alike.
+BN_MOMENTUM = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSettings:
+    """What to run. Every field is part of a run's identity in `runs.jsonl`.
+
+    Attributes:
+        tasks: Task names (`tasks.TASKS`).
+        regimes: `few_shot` and/or `large`.
+        methods: Method names (`METHODS`).
+        optimizers: `own` and/or `sgd` (`OPTIMIZERS`).
+        seeds: Seeds of the few-shot regime.
+        large_seeds: Seeds of the larger regime.
+        shots: Images per class in the few-shot regime.
+        image_size: Image side in pixels.
+        width: Width of the `SmallResNet` backbone.
+        batch_size: Training batch size.
+        few_shot_steps: Training steps of a few-shot run.
+        large_epochs: Epochs of a larger-regime run.
+        source_epochs: Epochs of source pre-training.
+        variant: Extra `wrap()` settings for the gated methods (investigations), as a dict;
+            empty means `wrap()`'s defaults.
+    """
+
+    tasks: tuple = task_data.TASKS
+    regimes: tuple = task_data.REGIMES
+    methods: tuple = METHODS
+    optimizers: tuple = OPTIMIZERS
+    seeds: tuple = (0, 1, 2, 3, 4)
+    large_seeds: tuple = (0, 1, 2)
+    shots: int = 10
+    image_size: int = 16
+    width: int = 16
+    batch_size: int = 16
+    few_shot_steps: int = 150
+    large_epochs: int = 4
+    source_epochs: int = 6
+    variant: dict = dataclasses.field(default_factory=dict)
+
+    def seeds_of(self, regime):
+        return self.seeds if regime == "few_shot" else self.large_seeds
+
+    def cells(self):
+        """(task, regime, method, optimizer) in run order: tasks, regimes, optimizers, methods."""
+        return [
+            (task, regime, method, optimizer)
+            for task in self.tasks
+            for regime in self.regimes
+            for optimizer in self.optimizers
+            for method in self.methods
+        ]
+
+    def total_runs(self):
+        return sum(len(self.seeds_of(cell[1])) for cell in self.cells())
+
+
+def run_key(settings, task, regime, method, optimizer, seed):
+    """The identity of one run: every setting that changes its result."""
+    return json.dumps(
+        {
+            "task": task,
+            "regime": regime,
+            "method": method,
+            "optimizer": optimizer,
+            "seed": seed,
+            "shots": settings.shots if regime == "few_shot" else None,
+            "image_size": settings.image_size,
+            "width": settings.width,
+            "batch_size": settings.batch_size,
+            "steps": settings.few_shot_steps if regime == "few_shot" else None,
+            "epochs": settings.large_epochs if regime == "large" else None,
+            "source_epochs": settings.source_epochs,
+            "variant": settings.variant if method in ("adafilter", "stochastic", "block") else {},
+        },
+        sort_keys=True,
+    )
+
+
+class Benchmark:
+    """Runs `settings` into `output_dir`, skipping the runs already in `runs.jsonl`.
+
+    Args:
+        settings: A `BenchmarkSettings`.
+        output_dir: Where `runs.jsonl`, the source backbones and the reports go.
+        stream: Where progress is printed (default stdout): one line per run, redrawn in
+            place on a terminal.
+    """
+
+    def __init__(self, settings, output_dir, stream=None):
+        self.settings = settings
+        self.output_dir = pathlib.Path(output_dir)
+        self.stream = stream or sys.stdout
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.results_path = self.output_dir / RESULTS
+
+    def done(self):
+        """The results recorded so far, by run key."""
+        if not self.results_path.exists():
+            return {}
+        records = {}
+        for line in self.results_path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records[record["key"]] = record
+        return records
+
+    def run(self):
+        """Runs what is missing; returns every record of `settings` (done before or now)."""
+        _deterministic()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.settings
+        done = self.done()
+        total = settings.total_runs()
+        finished = sum(
+            run_key(settings, *cell, seed) in done
+            for cell in settings.cells()
+            for seed in settings.seeds_of(cell[1])
+        )
+        started, ran = time.time(), 0
+        if finished:
+            self._print(f"resuming: {finished} of {total} runs already in {self.results_path}")
+        for cell in settings.cells():
+            todo = [
+                seed
+                for seed in settings.seeds_of(cell[1])
+                if run_key(settings, *cell, seed) not in done
+            ]
+            if not todo:
+                continue
+            runner = _Cell(settings, self.output_dir, *cell, log=self._print)
+            for seed in todo:
+                label = "/".join(cell) + f"/seed{seed}"
+                record = runner.run(seed)
+                record["key"] = run_key(settings, *cell, seed)
+                with self.results_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                done[record["key"]] = record
+                finished, ran = finished + 1, ran + 1
+                elapsed = time.time() - started
+                left = elapsed / ran * (total - finished)
+                self._print(
+                    f"[{finished}/{total}] {label}: validation {100 * record['val_accuracy']:.1f} "
+                    f"%, test {100 * record['test_accuracy']:.1f} % ({record['seconds']:.0f} s; "
+                    f"{_clock(elapsed)} elapsed, about {_clock(left)} left)"
+                )
+        return [
+            done[run_key(settings, *cell, seed)]
+            for cell in settings.cells()
+            for seed in settings.seeds_of(cell[1])
+        ]
+
+    def _print(self, text):
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _deterministic():
+    """Same command, same numbers: seeded draws and deterministic TensorFlow kernels."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _clock(seconds):
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+class _Cell:
+    """One compiled model for (task, regime, method, optimizer), run for several seeds."""
+
+    def __init__(self, settings, output_dir, task, regime, method, optimizer, log):
+        self.settings = settings
+        self.task = task_data.load_task(task, settings.image_size)
+        self.regime, self.method, self.optimizer_name = regime, method, optimizer
+        self.source_weights = _source_backbone(settings, self.task, output_dir, log)
+        probe_train, _ = self.task.sample(regime, 0, settings.shots)
+        self.train_size = len(probe_train[1])
+        if regime == "few_shot":
+            self.steps = settings.few_shot_steps
+        else:
+            self.steps = settings.large_epochs * math.ceil(self.train_size / settings.batch_size)
+        self.model = self._build(seed=0)
+        self.model.compile(
+            optimizer=self._optimizer(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        optimizer = self.model.optimizer
+        optimizer.build(self.model.trainable_variables)
+        # Its state as a fresh optimizer has it (step 0, zero momentum, the learning rate).
+        self.optimizer_state = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
+
+    def _build(self, seed):
+        keras.utils.set_random_seed(seed)
+        size = self.settings.image_size
+        backbone = small_resnet((size, size, 3), width=self.settings.width, bn_momentum=BN_MOMENTUM)
+        backbone.load_weights(self.source_weights)
+        inputs = keras.Input((size, size, 3), name="images")
+        outputs = keras.layers.Dense(self.task.num_classes, name=HEAD)(backbone(inputs))
+        model = keras.Model(inputs, outputs, name=f"{self.method}_{backbone.name}")
+        gate_settings = dict(self.settings.variant)
+        return apply_method(model, backbone, self.method, seed=seed, **gate_settings)
+
+    def _optimizer(self):
+        if self.optimizer_name == "sgd":
+            return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+        # The harness's recipe (TrainConfig defaults), in steps.
+        warmup = max(1, self.steps // 20)
+        return SGDWithMultipliers(
+            learning_rate=WarmupDecay(peak=0.01, total_steps=self.steps, warmup_steps=warmup),
+            momentum=0.9,
+            weight_decay_l2=0.0 if self.method == "l2sp" else 1e-4,
+            multipliers={f"^{HEAD}/": 10.0},
+        )
+
+    def run(self, seed):
+        started = time.time()
+        settings = self.settings
+        fresh = self._build(seed)
+        self.model.set_weights(fresh.get_weights())
+        for variable, value in zip(
+            self.model.optimizer.variables, self.optimizer_state, strict=True
+        ):
+            variable.assign(value)
+        train, validation = self.task.sample(self.regime, seed, settings.shots)
+        rng = np.random.default_rng([task_data.PROTOCOL_SEED, seed, 7])
+        batch = settings.batch_size
+        order = np.concatenate(
+            [
+                rng.permutation(len(train[1]))
+                for _ in range(math.ceil(self.steps * batch / len(train[1])) + 1)
+            ]
+        )[: self.steps * batch]
+        controller = _controller(self.model)
+        reporter = _LateGateReport(controller, start_step=int(0.75 * self.steps))
+        self.model.fit(
+            _floats(train[0][order]),
+            train[1][order],
+            batch_size=batch,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[reporter] if controller else [],
+        )
+        record = {
+            "task": self.task.name,
+            "regime": self.regime,
+            "method": self.method,
+            "optimizer": self.optimizer_name,
+            "seed": seed,
+            "train_size": len(train[1]),
+            "steps": self.steps,
+            "variant": settings.variant,
+            "final_train_loss": None,
+        }
+        record.update(self._score(validation, "val"))
+        record.update(self._score(self.task.test, "test"))
+        if controller is not None:
+            record["gates"] = reporter.report
+            if controller.policy == "learned":
+                # The other inference rule, scored on the same trained model (paired, free).
+                other = "threshold" if controller.inference == "expected" else "expected"
+                kept = controller.inference
+                controller.inference = other
+                self.model.predict_function = None
+                try:
+                    record[f"inference_{other}"] = {
+                        **self._score(validation, "val"),
+                        **self._score(self.task.test, "test"),
+                    }
+                finally:
+                    controller.inference = kept
+                    self.model.predict_function = None
+        record["seconds"] = time.time() - started
+        return record
+
+    def _score(self, data, prefix):
+        logits = self.model.predict(_floats(data[0]), batch_size=256, verbose=0)
+        return {f"{prefix}_accuracy": float(np.mean(np.argmax(logits, -1) == data[1]))}
+
+
+def _floats(images):
+    # The source model was trained on [0, 1] images.
+    return images.astype("float32") / 255.0
+
+
+def _controller(model):
+    from adafilter_keras.inspection import find_controller
+
+    try:
+        return find_controller(model)
+    except ValueError:
+        return None
+
+
+class _LateGateReport(keras.callbacks.Callback):
+    """The controller's gate report over the last quarter of training (the policy it ends with)."""
+
+    def __init__(self, controller, start_step):
+        super().__init__()
+        self.controller = controller
+        self.start_step = start_step
+        self.report = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.start_step:
+            self.controller.reset_gate_statistics()
+
+    def on_train_end(self, logs=None):
+        self.report = self.controller.gate_report()
+
+
+def _source_backbone(settings, task, output_dir, log):
+    """Pre-trains (once, then cached on disk) the backbone of `task`'s source."""
+    size = settings.image_size
+    name = f"{task.source_name}_{size}px_w{settings.width}_e{settings.source_epochs}"
+    path = pathlib.Path(output_dir) / "sources" / f"{name}.weights.h5"
+    if path.exists():
+        return path
+    started = time.time()
+    keras.utils.set_random_seed(0)
+    backbone = small_resnet((size, size, 3), width=settings.width, bn_momentum=BN_MOMENTUM)
+    inputs = keras.Input((size, size, 3))
+    classes = int(task.source[1].max()) + 1
+    model = keras.Model(inputs, keras.layers.Dense(classes)(backbone(inputs)))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(task.source[1]))
+    history = model.fit(
+        _floats(task.source[0][order]),
+        task.source[1][order],
+        batch_size=64,
+        epochs=settings.source_epochs,
+        verbose=0,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backbone.save_weights(str(path))
+    log(
+        f"source model {name}: training accuracy {100 * history.history['accuracy'][-1]:.1f} % "
+        f"({time.time() - started:.0f} s), cached in {path}"
+    )
+    return path

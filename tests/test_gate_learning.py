@@ -1,0 +1,128 @@
+"""The gates learn what they should: a task whose right policy is known by construction, and the
+mechanisms the default settings rely on (gradient scale, starting rate, inference rule, warm-up,
+no controller gradient into the backbone)."""
+
+import keras
+import numpy as np
+import pytest
+from support import to_numpy
+
+import adafilter_keras
+from adafilter_keras import GateController
+
+FILTERS = 4
+
+
+def _two_kinds(rng, count):
+    """Inputs of two kinds, told apart by the mean of channel 1 (+1 or -1): kind 0 and kind 1."""
+    kinds = rng.integers(0, 2, size=count)
+    x = rng.normal(size=(count, 6, 6, 2)).astype("float32")
+    x[..., 1] = 0.3 * x[..., 1] + np.where(kinds == 0, 1.0, -1.0)[:, None, None]
+    return x, kinds
+
+
+def test_learned_gates_separate_inputs_that_need_different_filters(rng):
+    # One 1x1 conv with pre-trained kernel S. Kind 0's target is S * x (the pre-trained filter is
+    # right), kind 1's is T * x for another kernel T (only a fine-tuned filter can be right).
+    # The right policy is known: pre-trained for kind 0, fine-tuned for kind 1.
+    inputs = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(FILTERS, 1, use_bias=False, name="conv")
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv(inputs)))
+    source = rng.normal(size=(1, 1, 2, FILTERS)).astype("float32")
+    target = source + rng.normal(size=source.shape).astype("float32")
+    conv.set_weights([source])
+    wrapped = adafilter_keras.wrap(model, seed=0)  # every gate setting at its default
+
+    def labels(x, kinds):
+        pooled = x.mean(axis=(1, 2))
+        return np.where(kinds[:, None] == 0, pooled @ source[0, 0], pooled @ target[0, 0])
+
+    wrapped.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    x, kinds = _two_kinds(rng, 512)
+    wrapped.fit(x, labels(x, kinds), batch_size=32, epochs=12, verbose=0, shuffle=False)
+
+    x_test, kinds_test = _two_kinds(np.random.default_rng(1), 256)
+    (gates,) = [to_numpy(g) for g in [adafilter_keras.gate_model(wrapped)(x_test)]]
+    assert gates[kinds_test == 0].mean() < 0.2, gates[kinds_test == 0].mean(axis=0)
+    assert gates[kinds_test == 1].mean() > 0.8, gates[kinds_test == 1].mean(axis=0)
+    # And the model is right for both kinds with those gates.
+    error = np.abs(to_numpy(wrapped(x_test)) - labels(x_test, kinds_test)).mean()
+    spread = np.abs(labels(x_test, kinds_test)).mean()
+    assert error < 0.1 * spread
+
+
+def _controller(**kwargs):
+    return GateController(filters=[FILTERS], input_channels=[2], units=8, seed=0, **kwargs)
+
+
+def _logit_gradient(controller, x):
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradient taken with tf.GradientTape")
+    x = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        gate, _, _ = controller(x, index=0, training=True)
+        loss = tf.reduce_sum(gate * tf.range(1.0, FILTERS + 1.0))
+    weights = tape.gradient(loss, controller.heads[0].kernel)
+    inputs = tape.gradient(loss, x)
+    return to_numpy(weights), inputs
+
+
+def test_gradient_scale_multiplies_the_controller_gradient_and_nothing_reaches_the_input(rng):
+    x = rng.normal(size=(8, 6, 6, 2)).astype("float32")
+    plain, scaled = _controller(), _controller(gradient_scale=7.0)
+    x_probe = keras.ops.convert_to_tensor(x)
+    plain(x_probe, index=0)
+    scaled(x_probe, index=0)
+    scaled.set_weights(plain.get_weights())
+    g_plain, to_input = _logit_gradient(plain, x)
+    g_scaled, _ = _logit_gradient(scaled, x)
+    assert np.abs(g_plain).max() > 0
+    np.testing.assert_allclose(g_scaled, 7.0 * g_plain, rtol=1e-4, atol=1e-7)
+    assert to_input is None or not np.any(to_numpy(to_input))
+
+
+def test_initial_rate_sets_the_starting_probability_of_the_fine_tuned_filter(rng):
+    controller = _controller(initial_rate=0.8)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(4000, 6, 6, 2)).astype("float32") * 0.01)
+    gates, _, _ = controller(x, index=0, training=True)
+    assert abs(to_numpy(gates).mean() - 0.8) < 0.03
+    expected, _, _ = controller(x, index=0)
+    np.testing.assert_allclose(to_numpy(expected).mean(), 0.8, atol=0.02)
+
+
+@pytest.mark.parametrize("rule", ["expected", "threshold"])
+def test_inference_rules(rng, rule):
+    controller = _controller(inference=rule)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(16, 6, 6, 2)).astype("float32"))
+    gates = to_numpy(controller(x, index=0)[0])
+    hidden, _ = controller.cell(controller.projections[0](keras.ops.mean(x, axis=(1, 2))), [
+        keras.ops.zeros((16, 8)), keras.ops.zeros((16, 8))
+    ])  # fmt: skip
+    logits = to_numpy(controller.heads[0](hidden))
+    reference = 1 / (1 + np.exp(-logits)) if rule == "expected" else (logits > 0).astype("float32")
+    np.testing.assert_allclose(gates, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_forces_fine_tuned_gates_then_samples(rng):
+    controller = _controller(warmup_steps=3, initial_rate=0.2)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(64, 6, 6, 2)).astype("float32"))
+    means = [float(to_numpy(controller(x, index=0, training=True)[0]).mean()) for _ in range(5)]
+    assert means[:3] == [1.0, 1.0, 1.0]
+    assert max(means[3:]) < 0.5
+
+
+def test_gate_report_measures_input_dependence_and_agreement(rng):
+    controller = _controller(inference="threshold")
+    x = keras.ops.convert_to_tensor(rng.normal(size=(64, 6, 6, 2)).astype("float32"))
+    controller(x, index=0, training=True)
+    (report,) = controller.gate_report()
+    gates = to_numpy(controller(x, index=0, training=False)[0])
+    decided = gates.mean(axis=0)
+    np.testing.assert_allclose(report["disagreement"], np.mean(2 * decided * (1 - decided)), atol=1e-5)
+    assert 0.0 <= report["train_inference_agreement"] <= 1.0
+    assert 0.0 < report["fraction_finetuned"] < 1.0
+    controller.reset_gate_statistics()
+    assert np.isnan(controller.gate_report()[0]["fraction_finetuned"])
