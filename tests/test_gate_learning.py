@@ -121,7 +121,9 @@ def test_gate_report_measures_input_dependence_and_agreement(rng):
     (report,) = controller.gate_report()
     gates = to_numpy(controller(x, index=0, training=False)[0])
     decided = gates.mean(axis=0)
-    np.testing.assert_allclose(report["disagreement"], np.mean(2 * decided * (1 - decided)), atol=1e-5)
+    np.testing.assert_allclose(
+        report["disagreement"], np.mean(2 * decided * (1 - decided)), atol=1e-5
+    )
     assert 0.0 <= report["train_inference_agreement"] <= 1.0
     assert 0.0 < report["fraction_finetuned"] < 1.0
     controller.reset_gate_statistics()

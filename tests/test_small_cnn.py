@@ -128,7 +128,8 @@ def test_gate_model_gives_inference_gates_in_controller_order(rng):
     gates = _probe_gates(model, x)
     controller = model.get_layer("controller")
     assert [g.shape for g in gates] == [(4, f) for f in controller.filters]
-    assert all(set(np.unique(g)) <= {0.0, 1.0} for g in gates)
+    # The default inference rule gives the expected gate, sigmoid(logit), in [0, 1].
+    assert all(((g >= 0.0) & (g <= 1.0)).all() for g in gates)
 
 
 def test_gate_model_refuses_a_model_without_controller():

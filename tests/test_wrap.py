@@ -73,8 +73,9 @@ def test_resnet50_structure_and_controller_order():
     )
     bn_affine = size(w for w in model.trainable_weights if w.path.endswith(("gamma", "beta")))
     # Every conv and BN weight exists twice; the fine-tuned copies and the controller train; the
-    # controller also counts gate choices (one number per filter and one per gated layer).
-    statistics = sum(layer.filters for layer in ak.gated_layers(wrapped)) + 53
+    # controller also counts gate choices (one number per filter and one per gated layer), keeps
+    # four running sums per gated layer for its report, and counts its training steps.
+    statistics = sum(layer.filters for layer in ak.gated_layers(wrapped)) + 53 + 4 * 53 + 1
     assert counts["total"] == 2 * original["total"] + counts["controller"] + statistics
     assert counts["trainable"] == conv + bn_affine + counts["controller"]
     assert counts["controller"] > 0
@@ -118,7 +119,9 @@ def types_of(model):
 
 def test_fit_moves_only_the_finetuned_side_the_controller_and_the_head(rng):
     model = randomize_batch_norms(build_plain_resnet())
-    wrapped = ak.wrap(model, seed=1)
+    # "frozen": the pre-trained branch's BN must not move either (with the default "adapt" it
+    # trains; tests/test_gated_batch_norm.py covers both modes).
+    wrapped = ak.wrap(model, seed=1, pretrained_bn="frozen")
     wrapped.compile(keras.optimizers.SGD(0.05), keras.losses.MeanSquaredError())
     before = {w.path: to_numpy(w).copy() for w in wrapped.weights}
     wrapped.fit(_images(16), rng.normal(size=(16, 4)), batch_size=4, epochs=2, verbose=0)
@@ -128,7 +131,7 @@ def test_fit_moves_only_the_finetuned_side_the_controller_and_the_head(rng):
         if name.startswith("pretrained_"):
             assert path not in moved, path
         elif name.startswith("finetuned_") or path.startswith(("gate_controller/", "head/")):
-            if "gate_sum" not in name:
+            if not name.startswith(("gate_sum", "report_sums", "training_steps")):
                 assert path in moved, path
     trainable = {w.path for w in wrapped.trainable_weights}
     assert all(

@@ -213,9 +213,7 @@ class GateController(keras.layers.Layer):
     def call(self, inputs, states=None, index=0, training=None):
         self._check_call(inputs, index)
         # The controller reads the activations; its (scaled) gradient does not flow back into them.
-        pooled = ops.stop_gradient(
-            ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
-        )
+        pooled = ops.stop_gradient(ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1))))
         if self.policy == "random":
             gate, hidden, cell_state = self._random_gate(pooled, states, index, training)
             probability = ops.full(ops.shape(gate), self.random_rate, dtype="float32")

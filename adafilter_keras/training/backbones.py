@@ -112,12 +112,18 @@ def small_resnet(input_shape, width=16, name="small_resnet", bn_momentum=0.99):
         shortcut = x
         if stride != 1 or x.shape[-1] != filters:
             shortcut = layers.Conv2D(filters, 1, strides=stride, name=f"{prefix}_0_conv")(x)
-            shortcut = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_0_bn")(shortcut)
+            shortcut = layers.BatchNormalization(
+                momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_0_bn"
+            )(shortcut)
         y = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{prefix}_1_conv")(x)
-        y = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_1_bn")(y)
+        y = layers.BatchNormalization(
+            momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_1_bn"
+        )(y)
         y = layers.Activation("relu", name=f"{prefix}_1_relu")(y)
         y = layers.Conv2D(filters, 3, padding="same", name=f"{prefix}_2_conv")(y)
-        y = layers.BatchNormalization(momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_2_bn")(y)
+        y = layers.BatchNormalization(
+            momentum=bn_momentum, epsilon=1.001e-5, name=f"{prefix}_2_bn"
+        )(y)
         y = layers.Add(name=f"{prefix}_add")([shortcut, y])
         return layers.Activation("relu", name=f"{prefix}_out")(y)
 

@@ -126,7 +126,7 @@ def controller_gradient_norms(model, controller, probe):
     images, labels = probe
     loss_fn = keras.losses.get(model.loss)
     trainable = model.trainable_variables
-    non_trainable = [keras.ops.convert_to_tensor(v) for v in model.non_trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
     ids = {id(v): i for i, v in enumerate(trainable)}
     groups = [[ids[id(v)] for v in head.trainable_variables] for head in controller.heads]
     everything = [ids[id(v)] for v in controller.trainable_variables if id(v) in ids]
@@ -135,10 +135,10 @@ def controller_gradient_norms(model, controller, probe):
         outputs, _ = model.stateless_call(values, non_trainable, images, training=True)
         return keras.ops.mean(loss_fn(labels, outputs))
 
-    values = [keras.ops.convert_to_tensor(v) for v in trainable]
     if backend == "tensorflow":
         import tensorflow as tf
 
+        values = [tf.identity(v.value) for v in trainable]
         with tf.GradientTape() as tape:
             tape.watch(values)
             value = loss(values)
@@ -146,7 +146,7 @@ def controller_gradient_norms(model, controller, probe):
     else:
         import jax
 
-        grads = jax.grad(loss)(values)
+        grads = jax.grad(loss)([v.value for v in trainable])
 
     def norm(indices):
         total = sum(

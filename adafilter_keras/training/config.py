@@ -52,7 +52,8 @@ class TrainConfig:
         gradient_scale: Factor on the controller's gradient (`wrap(gradient_scale=...)`).
         inference: `expected` or `threshold`: the inference rule of learned gates.
         gate_warmup_steps: Training steps with every learned gate forced to 1.
-        random_rate: Gate probability of the `stochastic` method.
+        random_rate: Gate probability of the `stochastic` method (default: the learned gates'
+            starting rate, so `stochastic` is the learned policy's ablation).
         l2sp_alpha: L2-SP strength toward the pre-trained weights.
         l2sp_beta: L2 strength on the head for L2-SP.
         mixed_precision: None, `mixed_float16` or `mixed_bfloat16`.
@@ -93,7 +94,7 @@ class TrainConfig:
     gradient_scale: float = GATE_DEFAULTS["gradient_scale"]
     inference: str = GATE_DEFAULTS["inference"]
     gate_warmup_steps: int = GATE_DEFAULTS["gate_warmup_steps"]
-    random_rate: float = 0.5
+    random_rate: float = GATE_DEFAULTS["initial_rate"]
     l2sp_alpha: float = 0.01
     l2sp_beta: float = 0.01
     mixed_precision: str | None = None
@@ -149,7 +150,8 @@ class TrainConfig:
             or self.gate_warmup_steps < 0
         ):
             raise ValueError(
-                f"`gate_warmup_steps` must be an int >= 0. Received: gate_warmup_steps={self.gate_warmup_steps!r}"
+                "`gate_warmup_steps` must be an int >= 0. "
+                f"Received: gate_warmup_steps={self.gate_warmup_steps!r}"
             )
         if (
             isinstance(self.warmup_epochs, bool)

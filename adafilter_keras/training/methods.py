@@ -6,6 +6,7 @@ from keras import ops
 
 from adafilter_keras.training.backbones import build_backbone
 from adafilter_keras.wrapping import wrap
+from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 HEAD = "head"
 
@@ -76,7 +77,7 @@ def apply_method(
     seed=None,
     l2sp_alpha=0.01,
     l2sp_beta=0.01,
-    random_rate=0.5,
+    random_rate=None,
     controller_units=64,
     **gate_settings,
 ):
@@ -85,7 +86,11 @@ def apply_method(
     `finetune` returns `model` as it is; `feature_extraction` freezes `backbone`; `l2sp` adds its
     penalties; `adafilter`, `stochastic` and `block` return `wrap(model, ...)` with
     `gate_settings` (wrap()'s gate arguments) and the method's policy and granularity.
+    `stochastic` draws its random gates at `random_rate`, by default the learned gates'
+    starting rate (`initial_rate`), so that it is the ablation of the learned policy alone.
     """
+    if random_rate is None:
+        random_rate = gate_settings.get("initial_rate", WRAP_DEFAULTS["initial_rate"])
     if method == "feature_extraction":
         backbone.trainable = False
     elif method == "l2sp":

@@ -160,8 +160,7 @@ def _results(config, dataset, model, rows, monitor, gates, history, test_accurac
             "fraction_finetuned_last_epoch": last,
             "mean_fraction_finetuned_last_epoch": float(np.nanmean(last)),
             "mean_last_epoch": {
-                key: float(np.nanmean([layer[key] for layer in report]))
-                for key in report[0]
+                key: float(np.nanmean([layer[key] for layer in report])) for key in report[0]
             },
             "per_epoch": gates.reports,
         }

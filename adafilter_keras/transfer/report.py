@@ -68,8 +68,11 @@ def pair_methods(records, method, other, metric="test_accuracy"):
 
 
 def overall(rows):
-    """The mean over cells of the mean differences, with a 95% half-width (normal, independent
-    cells: the square root of the summed squared half-widths over the number of cells)."""
+    """The mean over cells of the mean differences, with a 95% half-width.
+
+    Cells are independent: the half-width is the square root of the summed squared half-widths
+    over the number of cells.
+    """
     usable = [row for row in rows if not math.isnan(row["difference"])]
     if not usable:
         return math.nan, math.nan
@@ -80,8 +83,10 @@ def overall(rows):
 
 
 def gate_summary(records, method="adafilter"):
-    """Per (task, regime, optimizer): the instruments of `method`'s gates, averaged over layers
-    and seeds (over the last quarter of training)."""
+    """Per (task, regime, optimizer): the instruments of `method`'s gates.
+
+    Averaged over layers and seeds, over the last quarter of training.
+    """
     keys = ("fraction_finetuned", "disagreement", "probability_spread", "train_inference_agreement")
     groups = collections.defaultdict(list)
     for record in records:
@@ -120,7 +125,9 @@ def markdown(records, settings_note=""):
                 f"difference vs {BASELINE} ± 95% interval, points)"
             )
             lines.append("")
-            header = " | ".join(f"{t} {g.replace('_', '-')} ({seeds[(t, g)]} seeds)" for t, g in columns)
+            header = " | ".join(
+                f"{t} {g.replace('_', '-')} ({seeds[(t, g)]} seeds)" for t, g in columns
+            )
             lines.append(f"| method | {header} | mean difference |")
             lines.append("|---" * (len(columns) + 2) + "|")
             for method in methods:
@@ -134,8 +141,18 @@ def markdown(records, settings_note=""):
     if learned:
         lines.append("**Learned gates vs random gates** (adafilter − stochastic, test, points)")
         lines.append("")
-        lines.append("| optimizer | " + " | ".join(f"{r['task']} {r['regime']}" for r in learned if r["optimizer"] == learned[0]["optimizer"]) + " | mean |")
-        lines.append("|---" * (2 + sum(r["optimizer"] == learned[0]["optimizer"] for r in learned)) + "|")
+        lines.append(
+            "| optimizer | "
+            + " | ".join(
+                f"{r['task']} {r['regime']}"
+                for r in learned
+                if r["optimizer"] == learned[0]["optimizer"]
+            )
+            + " | mean |"
+        )
+        lines.append(
+            "|---" * (2 + sum(r["optimizer"] == learned[0]["optimizer"] for r in learned)) + "|"
+        )
         for optimizer in sorted({r["optimizer"] for r in learned}):
             chosen = sorted(
                 (r for r in learned if r["optimizer"] == optimizer),
@@ -143,7 +160,9 @@ def markdown(records, settings_note=""):
             )
             parts = [f"{r['difference']:+.1f} ± {r['interval']:.1f}" for r in chosen]
             mean, interval = overall(chosen)
-            lines.append(f"| {optimizer} | " + " | ".join(parts) + f" | {mean:+.2f} ± {interval:.2f} |")
+            lines.append(
+                f"| {optimizer} | " + " | ".join(parts) + f" | {mean:+.2f} ± {interval:.2f} |"
+            )
         lines.append("")
     gates = gate_summary(records)
     if gates:
@@ -154,7 +173,9 @@ def markdown(records, settings_note=""):
             "inference gates with the training gates"
         )
         lines.append("")
-        lines.append("| task | regime | optimizer | fine-tuned | disagreement | spread | agreement |")
+        lines.append(
+            "| task | regime | optimizer | fine-tuned | disagreement | spread | agreement |"
+        )
         lines.append("|---|---|---|---|---|---|---|")
         for (task, regime, optimizer), values in sorted(gates.items()):
             lines.append(
@@ -172,7 +193,10 @@ def _column_order(column):
     from adafilter_keras.transfer.tasks import REGIMES, TASKS
 
     task, regime = column
-    return (TASKS.index(task) if task in TASKS else 99, REGIMES.index(regime) if regime in REGIMES else 99)
+    return (
+        TASKS.index(task) if task in TASKS else 99,
+        REGIMES.index(regime) if regime in REGIMES else 99,
+    )
 
 
 def _method_order(methods):

@@ -8,6 +8,7 @@ its own training images and order. Results are appended, one JSON line per run, 
 stopped and a benchmark spread over several sittings gives the same table.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,6 +23,7 @@ from adafilter_keras.training.backbones import small_resnet
 from adafilter_keras.training.methods import HEAD, apply_method
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
 from adafilter_keras.transfer import tasks as task_data
+from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 METHODS = ("finetune", "feature_extraction", "l2sp", "stochastic", "block", "adafilter")
 # "own": each method under the harness's recipe for it (TrainConfig defaults: cosine schedule with
@@ -76,11 +78,15 @@ class BenchmarkSettings:
         return self.seeds if regime == "few_shot" else self.large_seeds
 
     def cells(self):
-        """(task, regime, method, optimizer) in run order: tasks, regimes, optimizers, methods."""
+        """(task, regime, method, optimizer) in run order.
+
+        Regimes first (few-shot first, so a benchmark cut short has whole comparisons), then
+        tasks, optimizers, methods.
+        """
         return [
             (task, regime, method, optimizer)
-            for task in self.tasks
             for regime in self.regimes
+            for task in self.tasks
             for optimizer in self.optimizers
             for method in self.methods
         ]
@@ -105,7 +111,10 @@ def run_key(settings, task, regime, method, optimizer, seed):
             "steps": settings.few_shot_steps if regime == "few_shot" else None,
             "epochs": settings.large_epochs if regime == "large" else None,
             "source_epochs": settings.source_epochs,
-            "variant": settings.variant if method in ("adafilter", "stochastic", "block") else {},
+            # The gated methods' resolved settings: a change of wrap()'s defaults is a new run.
+            "variant": {**WRAP_DEFAULTS, **settings.variant}
+            if method in ("adafilter", "stochastic", "block")
+            else {},
         },
         sort_keys=True,
     )
@@ -141,7 +150,10 @@ class Benchmark:
 
     def run(self):
         """Runs what is missing; returns every record of `settings` (done before or now)."""
-        _deterministic()
+        with _deterministic():
+            return self._run()
+
+    def _run(self):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         settings = self.settings
         done = self.done()
@@ -189,12 +201,26 @@ class Benchmark:
         self.stream.flush()
 
 
+@contextlib.contextmanager
 def _deterministic():
-    """Same command, same numbers: seeded draws and deterministic TensorFlow kernels."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    """Same command, same numbers: deterministic TensorFlow kernels while the benchmark runs.
 
-        tf.config.experimental.enable_op_determinism()
+    Op determinism is process-wide; it is switched back off afterwards (TensorFlow's public API
+    has no switch-off, its `framework.config` module has) so that code run later in the same
+    process, such as an augmentation op that refuses seed 0 under determinism, is unaffected.
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    from tensorflow.python.framework import config
+
+    was_on = config.is_op_determinism_enabled()
+    config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_on:
+            config.disable_op_determinism()
 
 
 def _clock(seconds):
@@ -254,7 +280,10 @@ class _Cell:
         started = time.time()
         settings = self.settings
         fresh = self._build(seed)
-        self.model.set_weights(fresh.get_weights())
+        # `variables`, not `get_weights()`: the gate-noise seed generators' states too, so that a
+        # seed run after another in one process equals that seed run first (resume).
+        for variable, value in zip(self.model.variables, fresh.variables, strict=True):
+            variable.assign(value)
         for variable, value in zip(
             self.model.optimizer.variables, self.optimizer_state, strict=True
         ):
@@ -365,13 +394,17 @@ def _source_backbone(settings, task, output_dir, log):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    # One pass over epochs' worth of seeded permutations: Keras's own shuffle draws from
+    # TensorFlow's op-seed sequence, which depends on what the process ran before.
     rng = np.random.default_rng(0)
-    order = rng.permutation(len(task.source[1]))
+    size = len(task.source[1])
+    order = np.concatenate([rng.permutation(size) for _ in range(settings.source_epochs)])
     history = model.fit(
         _floats(task.source[0][order]),
         task.source[1][order],
         batch_size=64,
-        epochs=settings.source_epochs,
+        epochs=1,
+        shuffle=False,
         verbose=0,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

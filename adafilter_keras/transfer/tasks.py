@@ -88,7 +88,7 @@ def _take(data, indices):
     return images[indices], labels[indices]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_task(name, image_size):
     """Builds task `name` with images resized to `image_size` pixels (cached per process)."""
     if name not in TASKS:

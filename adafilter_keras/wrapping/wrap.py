@@ -21,8 +21,8 @@ GRANULARITIES = ("filter", "block")
 DEFAULTS = dict(
     temperature=1.0,
     pretrained_bn="adapt",
-    initial_rate=0.5,
-    gradient_scale=1.0,
+    initial_rate=0.85,
+    gradient_scale=30.0,
     inference="expected",
     gate_warmup_steps=0,
 )

@@ -1,0 +1,117 @@
+"""The offline transfer benchmark: tasks, paired statistics, resume and reproducibility."""
+
+import dataclasses
+import io
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from adafilter_keras.transfer import report, tasks
+from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the benchmark resizes images with TensorFlow"
+)
+
+
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_tasks_have_disjoint_fixed_splits(name):
+    task = tasks.load_task(name, 8)
+    assert task.source[0].shape[1:] == (8, 8, 3) and task.source[0].dtype == np.uint8
+    assert task.num_classes == (5 if name == "classes" else 10)
+    train, validation = task.sample("few_shot", 3, shots=4)
+    assert np.bincount(train[1]).tolist() == [4] * task.num_classes
+    assert np.bincount(validation[1]).tolist() == [tasks.VALIDATION_PER_CLASS] * task.num_classes
+    again, _ = task.sample("few_shot", 3, shots=4)
+    np.testing.assert_array_equal(train[0], again[0])
+    other, _ = task.sample("few_shot", 4, shots=4)
+    assert not np.array_equal(train[0], other[0])
+    # No training image is a validation image.
+    flat = {bytes(image) for image in train[0]}
+    assert not flat & {bytes(image) for image in validation[0]}
+    large, _ = task.sample("large", 0, shots=4)
+    assert len(large[1]) > 50 * task.num_classes
+
+
+def test_classes_task_shares_no_class_and_domain_task_changes_the_images():
+    classes = tasks.load_task("classes", 8)
+    assert classes.source_name != "mnist"
+    assert set(np.unique(classes.source[1])) == set(range(5))
+    domain, digits = tasks.load_task("domain", 8), tasks.load_task("digits", 8)
+    assert domain.source_name == digits.source_name == "mnist"
+    # Same digits as the source, blended with colour photographs: not grey any more.
+    channels = domain.pool[0].astype(int)
+    assert np.abs(channels[..., 0] - channels[..., 1]).mean() > 5
+
+
+def test_paired_interval_is_student_t():
+    mean, half = report.paired([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert math.isclose(half, 4.302652729911275 * 1.0 / math.sqrt(3), rel_tol=1e-9)
+    assert math.isnan(report.paired([1.0])[1])
+
+
+def _record(method, seed, accuracy, task="digits", regime="few_shot", optimizer="sgd"):
+    return dict(
+        task=task, regime=regime, optimizer=optimizer, method=method, seed=seed,
+        test_accuracy=accuracy, val_accuracy=accuracy,
+    )  # fmt: skip
+
+
+def test_compare_pairs_runs_by_seed():
+    records = [
+        _record("finetune", 0, 0.50),
+        _record("finetune", 1, 0.70),
+        _record("adafilter", 0, 0.55),
+        _record("adafilter", 1, 0.72),
+        _record("adafilter", 2, 0.99),  # no finetune partner: not in the difference
+    ]
+    (row,) = [r for r in report.compare(records) if r["method"] == "adafilter"]
+    assert row["seeds"] == 3
+    assert math.isclose(row["difference"], 3.5)
+    versus = report.pair_methods(
+        records + [_record("stochastic", 0, 0.45), _record("stochastic", 1, 0.72)],
+        "adafilter",
+        "stochastic",
+    )
+    assert math.isclose(versus[0]["difference"], 5.0)
+
+
+TINY = BenchmarkSettings(
+    tasks=("digits",),
+    regimes=("few_shot",),
+    methods=("finetune", "adafilter"),
+    optimizers=("sgd",),
+    seeds=(0, 1),
+    shots=2,
+    image_size=8,
+    width=4,
+    batch_size=8,
+    few_shot_steps=4,
+    source_epochs=1,
+)
+
+
+def test_benchmark_resumes_and_repeats_exactly(tmp_path):
+    out = io.StringIO()
+    first = Benchmark(dataclasses.replace(TINY, seeds=(0,)), tmp_path / "a", stream=out).run()
+    assert len(first) == 2
+    resumed = Benchmark(TINY, tmp_path / "a", stream=out).run()
+    assert "resuming: 2 of 4 runs" in out.getvalue()
+    assert len((tmp_path / "a" / "runs.jsonl").read_text().splitlines()) == 4
+    assert [r["test_accuracy"] for r in resumed[:1]] == [first[0]["test_accuracy"]]
+    # The same settings in a fresh directory (fresh source model too) give the same numbers.
+    again = Benchmark(TINY, tmp_path / "b", stream=io.StringIO()).run()
+    for a, b in zip(resumed, again, strict=True):
+        assert (a["method"], a["seed"]) == (b["method"], b["seed"])
+        assert a["test_accuracy"] == b["test_accuracy"]
+        assert a["val_accuracy"] == b["val_accuracy"]
+    gated = [r for r in again if r["method"] == "adafilter"]
+    assert all(len(r["gates"]) == 9 for r in gated)  # one report per gated conv of SmallResNet
+    table = report.write(again, tmp_path / "b")
+    assert "adafilter" in table and (tmp_path / "b" / "differences.png").exists()
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert len(saved["runs"]) == 4 and saved["comparisons"]
