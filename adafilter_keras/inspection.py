@@ -24,6 +24,14 @@ def find_controller(model):
     return found[0]
 
 
+def controller_or_none(model):
+    """Returns the one `GateController` of `model`, or None if it has none (or several)."""
+    try:
+        return find_controller(model)
+    except ValueError:
+        return None
+
+
 def gate_model(model):
     """Builds a model that maps `model`'s inputs to the gates of every gated layer.
 

@@ -27,6 +27,20 @@ def positive_float(name, value):
     return float(value)
 
 
+def non_negative_int(name, value):
+    """Returns `value` as an `int` if it is an integer >= 0, else raises `ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"`{name}` must be an int >= 0. Received: {name}={value!r}")
+    return int(value)
+
+
+def rate(name, value):
+    """Returns `value` as a `float` if it is a number in (0, 1), else raises `ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ValueError(f"`{name}` must be in (0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
 def int_pair(name, value):
     """Returns `value` as a pair of positive ints; a single int is used for both dimensions."""
     pair = (value, value) if isinstance(value, numbers.Integral) else value

@@ -119,25 +119,11 @@ class GateController(keras.layers.Layer):
             )
         self.layer_names = [str(name) for name in layer_names]
         self.policy = validation.one_of("policy", policy, POLICIES)
-        random_rate = float(random_rate)
-        if not 0.0 < random_rate < 1.0:
-            raise ValueError(
-                f"`random_rate` must be in (0, 1). Received: random_rate={random_rate!r}"
-            )
-        self.random_rate = random_rate
-        initial_rate = float(initial_rate)
-        if not 0.0 < initial_rate < 1.0:
-            raise ValueError(
-                f"`initial_rate` must be in (0, 1). Received: initial_rate={initial_rate!r}"
-            )
-        self.initial_rate = initial_rate
+        self.random_rate = validation.rate("random_rate", random_rate)
+        self.initial_rate = validation.rate("initial_rate", initial_rate)
         self.gradient_scale = validation.positive_float("gradient_scale", gradient_scale)
         self.inference = validation.one_of("inference", inference, INFERENCE_RULES)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(
-                f"`warmup_steps` must be an int >= 0. Received: warmup_steps={warmup_steps!r}"
-            )
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = validation.non_negative_int("warmup_steps", warmup_steps)
         if self.policy == "random":
             self.projections, self.cell, self.heads = [], None, []
             return
@@ -243,13 +229,10 @@ class GateController(keras.layers.Layer):
         batch = ops.cast(ops.shape(gate)[0], "float32")
         self.gate_sums[index].assign_add(ops.sum(gate, axis=0))
         self.gate_counts[index].assign_add(batch)
-        if self.policy == "random":
-            inferred = probability
-        elif self.inference == "threshold":
-            inferred = ops.cast(probability > 0.5, "float32")
-        else:
-            inferred = probability
-        decided = ops.mean(ops.cast(probability > 0.5, "float32"), axis=0)
+        decisions = ops.cast(probability > 0.5, "float32")
+        thresholded = self.policy == "learned" and self.inference == "threshold"
+        inferred = decisions if thresholded else probability
+        decided = ops.mean(decisions, axis=0)
         disagreement = ops.mean(2.0 * decided * (1.0 - decided))
         spread = ops.mean(ops.std(probability, axis=0))
         agreement = 1.0 - ops.mean(ops.abs(gate - inferred))

@@ -5,6 +5,7 @@ import pathlib
 import re
 
 from adafilter_keras import validation
+from adafilter_keras.layers.gate_sampling import INFERENCE_RULES
 from adafilter_keras.training.backbones import BACKBONES
 from adafilter_keras.wrapping.wrap import DEFAULTS as GATE_DEFAULTS
 
@@ -52,8 +53,8 @@ class TrainConfig:
         gradient_scale: Factor on the controller's gradient (`wrap(gradient_scale=...)`).
         inference: `expected` or `threshold`: the inference rule of learned gates.
         gate_warmup_steps: Training steps with every learned gate forced to 1.
-        random_rate: Gate probability of the `stochastic` method (default: the learned gates'
-            starting rate, so `stochastic` is the learned policy's ablation).
+        random_rate: Gate probability of the `stochastic` method (default: the default of
+            `initial_rate`, so that `stochastic` is the ablation of the learned policy).
         l2sp_alpha: L2-SP strength toward the pre-trained weights.
         l2sp_beta: L2 strength on the head for L2-SP.
         mixed_precision: None, `mixed_float16` or `mixed_bfloat16`.
@@ -117,7 +118,7 @@ class TrainConfig:
         validation.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         validation.one_of("distribution", self.distribution, DISTRIBUTIONS)
         validation.one_of("pretrained_bn", self.pretrained_bn, ("frozen", "adapt"))
-        validation.one_of("inference", self.inference, ("expected", "threshold"))
+        validation.one_of("inference", self.inference, INFERENCE_RULES)
         validation.one_of("jit_compile", self.jit_compile, ("auto", True, False))
         validation.one_of("cache", self.cache, ("auto", True, False))
         validation.one_of("rest_as_test", self.rest_as_test, (True, False))
@@ -141,18 +142,8 @@ class TrainConfig:
                 f"Received: momentum={self.momentum!r}, label_smoothing={self.label_smoothing!r}"
             )
         for name in ("random_rate", "initial_rate"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise ValueError(f"`{name}` must be in (0, 1). Received: {name}={value!r}")
-        if (
-            isinstance(self.gate_warmup_steps, bool)
-            or not isinstance(self.gate_warmup_steps, int)
-            or self.gate_warmup_steps < 0
-        ):
-            raise ValueError(
-                "`gate_warmup_steps` must be an int >= 0. "
-                f"Received: gate_warmup_steps={self.gate_warmup_steps!r}"
-            )
+            validation.rate(name, getattr(self, name))
+        validation.non_negative_int("gate_warmup_steps", self.gate_warmup_steps)
         if (
             isinstance(self.warmup_epochs, bool)
             or not isinstance(self.warmup_epochs, int)

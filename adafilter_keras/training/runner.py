@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from adafilter_keras import data
-from adafilter_keras.inspection import count_parameters, find_controller
+from adafilter_keras.inspection import controller_or_none, count_parameters
 from adafilter_keras.training import callbacks as run_callbacks
 from adafilter_keras.training.config import TrainConfig
 from adafilter_keras.training.methods import HEAD, build_model
@@ -95,7 +95,7 @@ def train(config, verbose="auto", callbacks=()):
     monitor = "val_accuracy" if validation_data is not None else "accuracy"
     best_so_far = max((row.get(monitor, -math.inf) for row in history_so_far), default=None)
     gates = None
-    if _has_gates(model):
+    if controller_or_none(model) is not None:
         probe = tuple(np.asarray(part) for part in next(iter(train_data.take(1))))
         gates = run_callbacks.GateStatistics(run_dir / "logs" / "gates", probe=probe)
     nan_guard = run_callbacks.StopOnNaN(
@@ -225,14 +225,6 @@ def _one_hot(dataset, num_classes):
     import tensorflow as tf
 
     return dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
-
-
-def _has_gates(model):
-    try:
-        find_controller(model)
-    except ValueError:
-        return False
-    return True
 
 
 def _distribution_scope(config):

@@ -139,27 +139,20 @@ def markdown(records, settings_note=""):
             lines.append("")
     learned = pair_methods(records, "adafilter", "stochastic")
     if learned:
+        columns = sorted({(r["task"], r["regime"]) for r in learned}, key=_column_order)
         lines.append("**Learned gates vs random gates** (adafilter − stochastic, test, points)")
         lines.append("")
-        lines.append(
-            "| optimizer | "
-            + " | ".join(
-                f"{r['task']} {r['regime']}"
-                for r in learned
-                if r["optimizer"] == learned[0]["optimizer"]
-            )
-            + " | mean |"
-        )
-        lines.append(
-            "|---" * (2 + sum(r["optimizer"] == learned[0]["optimizer"] for r in learned)) + "|"
-        )
+        lines.append("| optimizer | " + " | ".join(f"{t} {g}" for t, g in columns) + " | mean |")
+        lines.append("|---" * (len(columns) + 2) + "|")
         for optimizer in sorted({r["optimizer"] for r in learned}):
-            chosen = sorted(
-                (r for r in learned if r["optimizer"] == optimizer),
-                key=lambda r: _column_order((r["task"], r["regime"])),
-            )
-            parts = [f"{r['difference']:+.1f} ± {r['interval']:.1f}" for r in chosen]
-            mean, interval = overall(chosen)
+            chosen = {(r["task"], r["regime"]): r for r in learned if r["optimizer"] == optimizer}
+            parts = [
+                f"{chosen[c]['difference']:+.1f} ± {chosen[c]['interval']:.1f}"
+                if c in chosen
+                else "—"
+                for c in columns
+            ]
+            mean, interval = overall(list(chosen.values()))
             lines.append(
                 f"| {optimizer} | " + " | ".join(parts) + f" | {mean:+.2f} ± {interval:.2f} |"
             )

@@ -19,6 +19,7 @@ import time
 import keras
 import numpy as np
 
+from adafilter_keras.inspection import controller_or_none
 from adafilter_keras.training.backbones import small_resnet
 from adafilter_keras.training.methods import HEAD, apply_method
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
@@ -297,7 +298,7 @@ class _Cell:
                 for _ in range(math.ceil(self.steps * batch / len(train[1])) + 1)
             ]
         )[: self.steps * batch]
-        controller = _controller(self.model)
+        controller = controller_or_none(self.model)
         reporter = _LateGateReport(controller, start_step=int(0.75 * self.steps))
         self.model.fit(
             _floats(train[0][order]),
@@ -317,7 +318,6 @@ class _Cell:
             "train_size": len(train[1]),
             "steps": self.steps,
             "variant": settings.variant,
-            "final_train_loss": None,
         }
         record.update(self._score(validation, "val"))
         record.update(self._score(self.task.test, "test"))
@@ -348,15 +348,6 @@ class _Cell:
 def _floats(images):
     # The source model was trained on [0, 1] images.
     return images.astype("float32") / 255.0
-
-
-def _controller(model):
-    from adafilter_keras.inspection import find_controller
-
-    try:
-        return find_controller(model)
-    except ValueError:
-        return None
 
 
 class _LateGateReport(keras.callbacks.Callback):

@@ -9,6 +9,7 @@ import keras
 from adafilter_keras import validation
 from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm
 from adafilter_keras.layers.gate_controller import POLICIES
+from adafilter_keras.layers.gate_sampling import INFERENCE_RULES
 from adafilter_keras.layers.gated_batch_norm import PRETRAINED_BRANCH_MODES
 from adafilter_keras.wrapping import targets as target_selection
 from adafilter_keras.wrapping.graph import FunctionalGraph, call_arguments, is_functional
@@ -108,7 +109,7 @@ def wrap(
         pretrained_bn=validation.one_of("pretrained_bn", pretrained_bn, PRETRAINED_BRANCH_MODES),
         seed=_check_seed(seed),
         policy=validation.one_of("policy", policy, POLICIES),
-        random_rate=_check_rate(random_rate),
+        random_rate=validation.rate("random_rate", random_rate),
         granularity=validation.one_of("granularity", granularity, GRANULARITIES),
         gate_options=_gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps),
     )
@@ -130,16 +131,12 @@ class _Options:
 
 
 def _gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps):
-    # GateController validates these with the same messages; build a throwaway one first so a
-    # bad value fails before any of the model is rewritten.
-    options = dict(
-        initial_rate=initial_rate,
-        gradient_scale=gradient_scale,
-        inference=inference,
-        warmup_steps=gate_warmup_steps,
+    return dict(
+        initial_rate=validation.rate("initial_rate", initial_rate),
+        gradient_scale=validation.positive_float("gradient_scale", gradient_scale),
+        inference=validation.one_of("inference", inference, INFERENCE_RULES),
+        warmup_steps=validation.non_negative_int("gate_warmup_steps", gate_warmup_steps),
     )
-    GateController(filters=[1], input_channels=[1], **options)
-    return options
 
 
 @dataclasses.dataclass
@@ -154,12 +151,6 @@ def _check_seed(seed):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
     return seed
-
-
-def _check_rate(rate):
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
-        raise ValueError(f"`random_rate` must be in (0, 1). Received: random_rate={rate!r}")
-    return float(rate)
 
 
 def _as_functional(model):
