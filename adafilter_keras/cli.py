@@ -67,7 +67,8 @@ def _add_verbose(parser):
 def _start(args):
     """Before a command's own output: quiet TensorFlow's Python logs, name the device."""
     console.quiet_python_logging()
-    if args.command in _TRAINING_COMMANDS:
+    # `train` names the device itself, after joining a process group (JAX must not start first).
+    if args.command in _TRAINING_COMMANDS and args.command != "train":
         print(console.device_line(), flush=True)
 
 
@@ -90,7 +91,44 @@ def _add_train(commands):
     train.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     _add_verbose(train)
     _add_config_flags(train)
+    _add_process_flags(train)
     train.set_defaults(run=_train)
+
+
+def _add_process_flags(parser):
+    from adafilter_keras.training import processes
+
+    group = parser.add_argument_group(
+        "several processes (--distribution multi_process, JAX)",
+        "Start the same command once per process, on one machine or many. Each flag falls back "
+        "to its environment variable; with none of the three set, JAX reads the cluster "
+        "manager's (SLURM, Open MPI). docs/training.md shows how to launch.",
+    )
+    group.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help=f"address of process 0, the same for all (${processes.COORDINATOR_ENV})",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help=f"how many processes take part (${processes.NUM_PROCESSES_ENV})",
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help=f"this process's index, 0 to N-1; 0 writes the run directory "
+        f"(${processes.PROCESS_ID_ENV})",
+    )
+    group.add_argument(
+        "--process-timeout",
+        type=int,
+        default=processes.DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long to wait for every process to join (default: %(default)s)",
+    )
 
 
 def _add_config_flags(parser):
@@ -108,6 +146,8 @@ def _add_config_flags(parser):
             kwargs.update(nargs="+", type=int, metavar="EPOCH")
         elif field.name in _INTEGERS:
             kwargs.update(type=int)
+        elif field.name == "distribution":
+            kwargs.update(type=_flag_value, choices=_backend_distributions())
         elif field.name in ("jit_compile", "cache"):
             kwargs.update(type=_flag_value, metavar="{auto,true,false}")
         elif isinstance(default, bool):
@@ -120,6 +160,15 @@ def _add_config_flags(parser):
             kwargs.update(type=_flag_value)
         shown = "required" if field.default is dataclasses.MISSING else f"default: {default}"
         parser.add_argument(flag, help=f"{docs.get(field.name, '')} ({shown})", **kwargs)
+
+
+def _backend_distributions():
+    """`--distribution` offers what the running backend can do (PyTorch: nothing)."""
+    import keras
+
+    from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS
+
+    return (None, *BACKEND_DISTRIBUTIONS.get(keras.backend.backend(), ()))
 
 
 def _field_docs(cls):
@@ -149,10 +198,28 @@ def train_main(argv=None, **defaults):
 
 
 def _train(args, defaults=None):
-    from adafilter_keras.training import train
+    from adafilter_keras.training import processes, train
 
     try:
         config = _config_from_args(args, defaults)
+        process_flags = [
+            flag
+            for flag in ("coordinator_address", "num_processes", "process_id")
+            if getattr(args, flag, None) is not None
+        ]
+        if process_flags and config.distribution != "multi_process":
+            raise ValueError(
+                f"--{process_flags[0].replace('_', '-')} is for --distribution multi_process; "
+                f"this run's distribution is {config.distribution!r}."
+            )
+        if config.distribution == "multi_process":
+            processes.join(
+                getattr(args, "coordinator_address", None),
+                getattr(args, "num_processes", None),
+                getattr(args, "process_id", None),
+                getattr(args, "process_timeout", None),
+            )
+        print(console.device_line(), flush=True)
         for note in config.notes:
             print(f"note: {note}")
         results = train(config, verbose=0 if args.quiet else "auto")

@@ -169,6 +169,21 @@ def test_augmentation_is_on_for_train_only():
     np.testing.assert_array_equal(by_label(loaded.test), by_label(loaded.test))
 
 
+def test_augmentation_repeats_exactly_for_a_seed_whatever_the_threads():
+    # Stateless crops seeded per image: two loads (as two processes of one run would make) give
+    # the same epochs; each epoch draws anew; another seed draws otherwise.
+    def epochs(seed, count=2):
+        loaded = data.load("uci_digits", image_size=16, batch_size=64, shots_per_class=5, seed=seed)
+        # 50 images, one batch per epoch
+        return [images.numpy() for images, _ in loaded.train.repeat(count)]
+
+    first, again, other = epochs(0), epochs(0), epochs(1)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], first[1])
+    assert not np.array_equal(first[0], other[0])
+
+
 # --- image folders ------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from adafilter_keras import cli
 from adafilter_keras.data import registry
+from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS
 from adafilter_keras.transfer import command as transfer_command
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -30,6 +31,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Programs whose commands are shown but not checked against this library's code.
 UNCHECKED_PROGRAMS = {"pip", "tox", "git", "tensorboard", "cd", "export", "ls", "cat", "."}
 UNCHECKED_PYTHON_MODULES = {"pytest", "venv", "pip"}
+# Programs that run another command (their options written `--name=value`).
+LAUNCHERS = {"srun"}
 PYTHONS = {"python", "python3"}
 SCRIPT_FOLDERS = ("examples", "benchmarks")
 SCRIPTS = sorted(path for folder in SCRIPT_FOLDERS for path in (ROOT / folder).glob("*.py"))
@@ -53,6 +56,7 @@ class Command:
     line: int
     text: str
     comment: str = ""
+    exported: tuple = ()  # `NAME=VALUE` pairs an `export` line set earlier in the same block
 
     @property
     def where(self):
@@ -92,9 +96,10 @@ def _prose_and_fences(path):
 
 def bash_commands(path):
     """Every command in the ```bash blocks of `path`, `\\` continuations joined."""
-    commands, parts, start, comments = [], [], None, []
+    commands, parts, start, comments, exported = [], [], None, [], {}
     for number, line, language in _prose_and_fences(path):
         if language != "bash":
+            exported = {}
             continue
         code, comment = _split_comment(line.strip())
         if not code and not parts:
@@ -106,7 +111,17 @@ def bash_commands(path):
             continue
         parts.append(code)
         text = " ".join(part for part in parts if part)
-        commands.append(Command(_relative(path), start, text, " ".join(filter(None, comments))))
+        commands.append(
+            Command(
+                _relative(path),
+                start,
+                text,
+                " ".join(filter(None, comments)),
+                tuple(exported.items()),
+            )
+        )
+        if text.startswith("export "):
+            exported.update(pair.split("=", 1) for pair in text.split()[1:] if "=" in pair)
         parts, start, comments = [], None, []
     assert not parts, f"{_relative(path)}: the bash block ends in a `\\` continuation"
     return commands
@@ -210,6 +225,20 @@ def check_script(argv, command, validate=True):
         )
 
 
+@contextlib.contextmanager
+def _backend_choices(backend):
+    """Parses with the `--distribution` choices of the backend the command names, if it does."""
+    if backend is None:
+        yield
+        return
+    original = cli._backend_distributions
+    cli._backend_distributions = lambda: (None, *BACKEND_DISTRIBUTIONS[backend])
+    try:
+        yield
+    finally:
+        cli._backend_distributions = original
+
+
 def check(command, validate=True):
     """Checks one documented command against the code (see the module docstring)."""
     lexer = shlex.shlex(command.text, posix=True, punctuation_chars=True)
@@ -221,13 +250,20 @@ def check(command, validate=True):
     if any(token and set(token) <= set("();<>|&") for token in tokens):
         command.fail("chains commands: write one command per line")
     argv = shlex.split(command.text)[: -2 if redirected else None]
+    environment = dict(command.exported)
     while argv and _ENV_ASSIGNMENT.match(argv[0]):
+        environment.update([argv[0].split("=", 1)])
         argv = argv[1:]
+    if argv and argv[0] in LAUNCHERS:  # `srun [OPTIONS] COMMAND`: check the command
+        argv = argv[1:]
+        while argv and argv[0].startswith("-"):
+            argv = argv[1:]
     if not argv:
         command.fail("is empty")
     program = argv[0]
     if program == "adafilter-keras":
-        check_cli(argv[1:], command, validate=validate)
+        with _backend_choices(environment.get("KERAS_BACKEND")):
+            check_cli(argv[1:], command, validate=validate)
     elif program in PYTHONS and argv[1:2] == ["-m"]:
         if argv[2:3] and argv[2] not in UNCHECKED_PYTHON_MODULES:
             command.fail(f"runs module {argv[2]!r}: check it here or add it to the allow-list")
@@ -277,6 +313,12 @@ def test_every_script_can_be_checked(script):
         ("python examples/no_such_script.py", "not a script"),
         ("rm -rf runs", "does not know"),
         ("pip install . && tox", "one command per line"),
+        ("srun --nodes=2 adafilter-keras train --dataset uci_digits --bad 1", "does not parse"),
+        (
+            "KERAS_BACKEND=torch adafilter-keras train --dataset uci_digits --weights none "
+            "--backbone SmallResNet --distribution data_parallel",
+            "does not parse",
+        ),
     ],
 )
 def test_the_check_catches_drift(text, why):

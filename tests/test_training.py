@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import keras
 import numpy as np
@@ -8,6 +9,7 @@ from support import run_cli, run_python, tensorflow_only
 
 from adafilter_keras.training import TrainConfig, TrainingDivergedError, compare, train
 from adafilter_keras.training.backbones import WeightsUnavailableError, build_backbone
+from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS, DISTRIBUTIONS
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
 
 TINY = dict(
@@ -259,18 +261,21 @@ def test_cli_train_errors_are_one_line(tmp_path):
 
 def test_distribution_of_the_current_backend_trains_and_the_other_is_refused(tmp_path):
     backend = keras.backend.backend()
-    ours = {"tensorflow": "mirrored", "jax": "data_parallel"}.get(backend)
-    for theirs in {"tensorflow": ["data_parallel"], "jax": ["mirrored", "multi_worker"]}.get(
-        backend, ["mirrored", "multi_worker", "data_parallel"]
-    ):
+    offered = BACKEND_DISTRIBUTIONS[backend]
+    others = [name for name in DISTRIBUTIONS if name is not None and name not in offered]
+    assert others and set(offered) <= set(DISTRIBUTIONS)
+    for theirs in others:
         with pytest.raises(ValueError, match=f"distribution='{theirs}' needs the") as info:
             train(_config(tmp_path, distribution=theirs, epochs=1), verbose=0)
-        if ours is None:  # torch: nothing to suggest but one process
+        suggested = re.findall(r"'(\w+)'", str(info.value).split(";")[-1])
+        assert set(suggested) <= set(offered), info.value  # never suggest what cannot run here
+        if not offered:  # torch: nothing to suggest but one process
             assert "without a distribution" in str(info.value)
-            assert "use 'mirrored'" not in str(info.value)
-    if ours:
+    if "mirrored" in offered or "data_parallel" in offered:
+        ours = "mirrored" if "mirrored" in offered else "data_parallel"
         results = train(_config(tmp_path, distribution=ours, epochs=1), verbose=0)
         assert results["config"]["distribution"] == ours and 0 <= results["test_accuracy"] <= 1
+        assert results["processes"] == 1
 
 
 def test_defaults_that_depend_on_other_settings_adapt_and_say_so():

@@ -196,14 +196,21 @@ def _training_pipeline(split, indices, spec, *, image_size, batch_size, normaliz
     if cache is True or (cache == "auto" and split.in_memory):
         dataset = dataset.cache()
     dataset = dataset.shuffle(min(len(indices), 10_000), seed=seed, reshuffle_each_iteration=True)
+    # One stateless seed per image, new each epoch: augmentation repeats exactly for a seed.
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-    def augment(image, label):
+    def augment(example, draw):
+        image, label = example
         image = preprocessing.random_resized_crop(
-            preprocessing.to_rgb(image), image_size, min_area=spec.min_crop_area, flip=spec.flip
+            preprocessing.to_rgb(image),
+            image_size,
+            min_area=spec.min_crop_area,
+            flip=spec.flip,
+            seed=draw,
         )
         return preprocessing.normalize(image, normalization), label
 
-    dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.zip(dataset, draws).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -60,21 +60,27 @@ def normalize(images, normalization):
     return images
 
 
-def random_resized_crop(image, size, *, min_area, flip):
+def random_resized_crop(image, size, *, min_area, flip, seed):
     """Training augmentation: a random crop of random area and aspect ratio, resized, maybe flipped.
+
+    Stateless: the same `seed` gives the same crop whatever thread or process draws it, so a
+    seeded pipeline repeats exactly and several processes see the same batches.
 
     Args:
         image: uint8 `(height, width, 3)` tensor.
         size: Output side in pixels.
         min_area: Smallest fraction of the image area the crop keeps.
         flip: Whether to flip left-right with probability 1/2.
+        seed: int32/int64 tensor of shape `(2,)`, this image's draw.
 
     Returns:
         float32 `(size, size, 3)` tensor in [0, 255].
     """
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.zeros((1, 0, 4)),
+        seed=crop_seed,
         min_object_covered=0.0,
         aspect_ratio_range=(3 / 4, 4 / 3),
         area_range=(min_area, 1.0),
@@ -82,9 +88,11 @@ def random_resized_crop(image, size, *, min_area, flip):
         use_image_if_no_bounding_boxes=True,
     )
     crop = tf.slice(image, begin, crop_size)
-    crop = tf.image.resize(crop, (size, size), antialias=True)
+    # The slice's size is a tensor, so its static shape is lost; a model whose first layer is not
+    # a Conv2D (ResNet V2's ZeroPadding2D, a preset's Rescaling) needs the 3 channels known.
+    crop = tf.ensure_shape(tf.image.resize(crop, (size, size), antialias=True), (size, size, 3))
     if flip:
-        crop = tf.image.random_flip_left_right(crop)
+        crop = tf.image.stateless_random_flip_left_right(crop, seed=flip_seed)
     return crop
 
 

@@ -12,7 +12,13 @@ from adafilter_keras.wrapping.wrap import DEFAULTS as GATE_DEFAULTS
 METHODS = ("adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block")
 SCHEDULES = ("cosine", "step")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
-DISTRIBUTIONS = (None, "mirrored", "multi_worker", "data_parallel")
+# Distributions per Keras backend; PyTorch has none in Keras 3 (one process, one device).
+BACKEND_DISTRIBUTIONS = {
+    "tensorflow": ("mirrored", "multi_worker"),
+    "jax": ("data_parallel", "multi_process"),
+    "torch": (),
+}
+DISTRIBUTIONS = (None, "mirrored", "multi_worker", "data_parallel", "multi_process")
 
 
 @dataclasses.dataclass
@@ -65,7 +71,8 @@ class TrainConfig:
         mixed_precision: None, `mixed_float16` or `mixed_bfloat16`.
         jit_compile: `auto`, true or false (passed to `model.compile`).
         distribution: None, `mirrored` (TensorFlow, all local GPUs), `multi_worker` (TensorFlow,
-            `TF_CONFIG`) or `data_parallel` (JAX).
+            `TF_CONFIG`), `data_parallel` (JAX, all local devices) or `multi_process` (JAX,
+            several processes or machines; see `--coordinator-address`). None on PyTorch.
         run_dir: Output directory; default `runs/<dataset>/<method>/seed<seed>`.
         steps_per_epoch: Optional cap on training steps per epoch (smoke tests).
         cache: Input pipeline caching: `auto`, true or false.

@@ -14,7 +14,8 @@ import numpy as np
 from adafilter_keras import console, data, validation
 from adafilter_keras.inspection import controller_or_none, count_parameters
 from adafilter_keras.training import callbacks as run_callbacks
-from adafilter_keras.training.config import TrainConfig
+from adafilter_keras.training import processes
+from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS, TrainConfig
 from adafilter_keras.training.methods import HEAD, build_model
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
 from adafilter_keras.version import __version__
@@ -54,12 +55,18 @@ def train(config, verbose="auto", callbacks=()):
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     started = time.time()
+    strategy_scope = _distribution_scope(config)
+    group = processes.current()
     run_dir = config.resolved_run_dir
+    split_path = run_dir / SPLIT_FILE
+    if not group.is_chief:
+        # Every process keeps its own checkpoints (the same weights) so that each can resume
+        # and restore the best epoch; only process 0 writes results.json and prints.
+        run_dir = run_dir / "processes" / str(group.process_id)
+        verbose = 0
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
-    strategy_scope = _distribution_scope(config)
-    split_path = run_dir / SPLIT_FILE
     dataset = data.load(
         config.dataset,
         image_size=config.image_size,
@@ -79,16 +86,31 @@ def train(config, verbose="auto", callbacks=()):
     say = print if verbose else lambda text: None
     for note in dataset.notes:
         say(f"note: {note}")
-    if dataset.split is not None:
+    if dataset.split is not None and group.is_chief:
         _write_split(split_path, dataset, say=say)
     train_data, validation_data, test_data = (
         _one_hot(ds, dataset.num_classes) if ds is not None else None
         for ds in (dataset.train, dataset.validation, dataset.test)
     )
-    steps_per_epoch = config.steps_per_epoch or math.ceil(
-        dataset.sizes["train"] / config.batch_size
-    )
-    steps_per_epoch = min(steps_per_epoch, math.ceil(dataset.sizes["train"] / config.batch_size))
+    round_batches = math.ceil
+    if group.num_processes > 1:
+        train_data, validation_data, test_data = (
+            _process_share(ds, dataset.sizes[kind], config.batch_size, kind, group)
+            if ds is not None
+            else None
+            for ds, kind in zip(
+                (train_data, validation_data, test_data),
+                ("train", "validation", "test"),
+                strict=True,
+            )
+        )
+        round_batches = math.floor
+        say(
+            f"note: {group.num_processes} processes, {config.batch_size // group.num_processes} "
+            "images of each batch per process; each epoch drops its last incomplete batch"
+        )
+    most_steps = round_batches(dataset.sizes["train"] / config.batch_size)
+    steps_per_epoch = min(config.steps_per_epoch or most_steps, most_steps)
     with strategy_scope:
         model = build_model(config, dataset.num_classes)
         model.compile(
@@ -96,7 +118,8 @@ def train(config, verbose="auto", callbacks=()):
             loss=keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=config.label_smoothing
             ),
-            metrics=["accuracy"],
+            # Weighted: the padded evaluation batches of several processes carry weights.
+            **{"weighted_metrics" if group.num_processes > 1 else "metrics": ["accuracy"]},
             jit_compile=config.jit_compile,
         )
 
@@ -159,8 +182,10 @@ def train(config, verbose="auto", callbacks=()):
         wall_time_s=time.time() - started,
         fit_time_s=time.time() - fit_started,
         run_dir=str(run_dir),
+        processes=group.num_processes,
     )
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if group.is_chief:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -271,20 +296,27 @@ def _one_hot(dataset, num_classes):
 
 
 def _distribution_scope(config):
+    """Sets up `config.distribution` (joining the process group first for `multi_process`)."""
     backend = keras.backend.backend()
     if config.distribution is None:
         return contextlib.nullcontext()
+    offered = BACKEND_DISTRIBUTIONS.get(backend, ())
+    if config.distribution not in offered:
+        needs = next(
+            name
+            for name, choices in BACKEND_DISTRIBUTIONS.items()
+            if config.distribution in choices
+        )
+        other = (
+            f"use {' or '.join(repr(choice) for choice in offered)}"
+            if offered
+            else "train without a distribution (one process)"
+        )
+        raise ValueError(
+            f"distribution={config.distribution!r} needs the {_BACKEND_NAMES[needs]} backend; on "
+            f"{backend}, {other}."
+        )
     if config.distribution in ("mirrored", "multi_worker"):
-        if backend != "tensorflow":
-            other = (
-                "use distribution='data_parallel'"
-                if backend == "jax"
-                else "train without a distribution (one process)"
-            )
-            raise ValueError(
-                f"distribution={config.distribution!r} needs the TensorFlow backend; on "
-                f"{backend}, {other}."
-            )
         import tensorflow as tf
 
         strategy = (
@@ -293,17 +325,49 @@ def _distribution_scope(config):
             else tf.distribute.MultiWorkerMirroredStrategy()
         )
         return strategy.scope()
-    if backend != "jax":
-        other = (
-            "use 'mirrored' (all local GPUs)"
-            if backend == "tensorflow"
-            else "train without a distribution (one process)"
-        )
-        raise ValueError(
-            f"distribution='data_parallel' needs the JAX backend; on {backend}, {other}."
-        )
-    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    if config.distribution == "multi_process":
+        group = processes.join()
+        if config.batch_size % group.num_processes:
+            raise ValueError(
+                f"batch_size ({config.batch_size}) is the batch of all {group.num_processes} "
+                "processes together and must divide evenly among them; choose a multiple of "
+                f"{group.num_processes}."
+            )
+    # Several processes: the harness gives each its share of every batch (`_process_share`).
+    keras.distribution.set_distribution(keras.distribution.DataParallel(auto_shard_dataset=False))
     return contextlib.nullcontext()
+
+
+_BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+
+
+def _process_share(dataset, size, batch_size, kind, group):
+    """This process's share of every batch, when several processes train one model.
+
+    Every batch must split evenly, so training drops its last incomplete batch, and evaluation
+    pads it with weight-0 zeros and weighs the real images by padded/real count (accuracy, a
+    weighted mean, and loss, a sum over the padded batch size, then equal the unpadded ones).
+    Process `i` keeps the `i`-th slice of each batch: the processes together see the batches one
+    process would.
+    """
+    import tensorflow as tf
+
+    if kind == "train":
+        dataset = dataset.take(size // batch_size)
+    else:
+        padded = math.ceil(size / batch_size) * batch_size
+        weight = padded / size
+        zeros = tuple(tf.zeros(part.shape[1:], part.dtype) for part in dataset.element_spec)
+        real = dataset.unbatch().map(lambda x, y: (x, y, tf.constant(weight, tf.float32)))
+        pad = tf.data.Dataset.from_tensors((*zeros, tf.constant(0.0))).repeat(padded - size)
+        dataset = (
+            real.concatenate(pad)
+            .batch(batch_size)
+            .apply(tf.data.experimental.assert_cardinality(padded // batch_size))
+        )
+    share = batch_size // group.num_processes
+    first = group.process_id * share
+    return dataset.map(lambda *parts: tuple(part[first : first + share] for part in parts))
 
 
 def _read_csv_log(path):
