@@ -324,10 +324,20 @@ def test_caffe_and_tf_normalizations_match_keras_applications():
 @pytest.mark.parametrize(
     "backbone, normalization",
     [("ResNet50", "caffe"), ("ResNet101V2", "tf"), ("VGG16", "caffe"), ("DenseNet121", "torch"),
-     ("EfficientNetB0", "raw"), ("MobileNetV2", "tf")],
+     ("EfficientNetB0", "raw"), ("MobileNetV2", "tf"),
+     # keras-hub presets: the model built from one normalizes its inputs itself
+     ("resnet_50_imagenet", "raw"), ("./my_preset", "raw")],
 )  # fmt: skip
 def test_normalization_for_backbones(backbone, normalization):
     assert data.normalization_for(backbone) == normalization
+
+
+@pytest.mark.parametrize("normalization", ["caffe", "tf", "raw"])
+def test_every_pipeline_knows_its_three_channels(normalization):
+    # A model whose first layer is not a Conv2D (ResNet V2's ZeroPadding2D) needs them known.
+    loaded = data.load("uci_digits", image_size=16, batch_size=8, normalization=normalization)
+    for pipeline in (loaded.train, loaded.validation, loaded.test):
+        assert tuple(pipeline.element_spec[0].shape) == (None, 16, 16, 3)
 
 
 def test_eval_crop_is_central_and_sized():

@@ -22,6 +22,7 @@ import pytest
 
 from adafilter_keras import cli
 from adafilter_keras.data import registry
+from adafilter_keras.training import hub
 from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS
 from adafilter_keras.transfer import command as transfer_command
 
@@ -171,11 +172,13 @@ def _validated(command, check, *args):
 def _check_train_settings(args, command, defaults, validate):
     if not validate or args.config:  # a --config file is read only when the command runs
         return
+    if hub.is_preset(getattr(args, "backbone", None)) and not hub.installed():
+        pytest.skip(f"{command.where}: a keras-hub preset, and keras_hub is not installed")
     config = _validated(command, cli._config_from_args, args, defaults)
     spec = _validated(command, registry.get, config.dataset)
-    if (config.resolved_weights == "imagenet" or spec.source == "tfds") and (
-        NETWORK_NOTE not in command.comment
-    ):
+    # A local keras-hub preset directory holds its weights: nothing to download.
+    downloads = config.resolved_weights == "imagenet" and not hub.is_directory(config.backbone)
+    if (downloads or spec.source == "tfds") and (NETWORK_NOTE not in command.comment):
         command.fail(
             f"downloads ImageNet weights or a TFDS dataset: its line must say `# {NETWORK_NOTE}`"
         )

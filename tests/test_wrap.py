@@ -343,3 +343,97 @@ def test_block_granularity_shares_one_gate_per_residual_block():
     assert types.count("AdaFilterConv2D") == 53 and types.count("GatedBatchNorm") == 53
     x = _images()
     assert relative_difference(model.predict(x, verbose=0), wrapped.predict(x, verbose=0)) < 1e-5
+
+
+def _padded_cnn():
+    """A CNN whose graph holds Keras ops (not layers) as keras-hub's ResNet V2 does."""
+    inputs = keras.Input((16, 16, 3))
+    x = keras.ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
+    x = keras.layers.MaxPooling2D(3, strides=1, name="pool")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(x)
+    x = keras.layers.BatchNormalization(name="b1")(x)
+    x = keras.ops.maximum(x, 0.0)
+    x = keras.layers.Conv2D(4, 3, name="c2")(x)
+    return randomize_batch_norms(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def test_keras_ops_in_the_graph_are_copied_and_saved(tmp_path):
+    model = _padded_cnn()
+    x = _images(size=16)
+    wrapped = ak.wrap(model)
+    assert [layer.name for layer in ak.gated_layers(wrapped)] == ["c1", "c2"]
+    assert relative_difference(model.predict(x, verbose=0), wrapped.predict(x, verbose=0)) <= 1e-5
+    ops = [op for op in wrapped.operations if not isinstance(op, keras.layers.Layer)]
+    assert sorted(type(op).__name__ for op in ops) == ["Maximum", "Pad"]
+    assert not {id(op) for op in ops} & {id(op) for op in model.operations}  # copies
+    wrapped.save(tmp_path / "padded.keras")
+    loaded = keras.models.load_model(tmp_path / "padded.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), wrapped.predict(x, verbose=0))
+
+
+class _Scale(keras.Operation):
+    """An op whose constructor takes an array, so Keras cannot record its config."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape, x.dtype)
+
+
+class _Unconfigurable(keras.layers.Layer):
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+
+def test_an_op_without_config_is_reused_and_a_layer_without_one_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    scale = _Scale(np.full((3,), 2.0, "float32"))
+    x = keras.layers.Conv2D(4, 3, name="c1")(scale(inputs))
+    model = keras.Model(inputs, x)
+    wrapped = ak.wrap(model)
+    assert any(op is scale for op in wrapped.operations)  # stateless: shared, not copied
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    assert relative_difference(model.predict(x, verbose=0), wrapped.predict(x, verbose=0)) < 1e-5
+
+    layer = _Unconfigurable(np.ones((3,), "float32"), name="odd")
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="c1")(layer(inputs)))
+    with pytest.raises(ValueError, match="layer 'odd' \\(_Unconfigurable\\) could not be re-cr"):
+        ak.wrap(model)
+
+
+class _ConvBlock(keras.layers.Layer):
+    """A subclassed layer with a Conv2D of its own (as keras-hub's MobileNet blocks are)."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = keras.layers.Conv2D(filters, 3, padding="same")
+
+    def call(self, x):
+        return self.conv(x)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def test_convs_inside_subclassed_layers_stay_plain_with_a_warning():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    model = keras.Model(inputs, _ConvBlock(4, name="block")(x))
+    with pytest.warns(UserWarning, match="1 Conv2D layers inside 'block' \\(_ConvBlock\\) stay"):
+        wrapped = ak.wrap(model)
+    assert [layer.name for layer in ak.gated_layers(wrapped)] == ["c1"]
+    x = _images(size=8)
+    assert relative_difference(model.predict(x, verbose=0), wrapped.predict(x, verbose=0)) < 1e-5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # chosen targets: the user knows
+        ak.wrap(model, targets="c1")

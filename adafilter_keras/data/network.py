@@ -16,8 +16,13 @@ def probe_address():
 
 def network_available(timeout=5.0):
     """Whether a TCP connection to the probe address opens within `timeout` seconds."""
+    return connection_error(probe_address(), timeout) is None
+
+
+def connection_error(address, timeout=5.0):
+    """None if a TCP connection to `(host, port)` opens within `timeout` seconds, else the error."""
     try:
-        with socket.create_connection(probe_address(), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        with socket.create_connection(address, timeout=timeout):
+            return None
+    except OSError as error:
+        return error

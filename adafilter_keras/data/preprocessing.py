@@ -30,12 +30,17 @@ def normalization_for(backbone):
     """Returns the normalization (`NORMALIZATIONS`) that `keras.applications.<backbone>` expects.
 
     Args:
-        backbone: A model name such as `"ResNet50"`, `"ResNet50V2"`, `"VGG16"`, or a
-            normalization name.
+        backbone: A model name such as `"ResNet50"`, `"ResNet50V2"`, `"VGG16"`, a normalization
+            name, or a keras-hub preset (`"resnet_50_imagenet"`, a preset directory): `"raw"`,
+            because the model built from a preset normalizes its inputs itself.
     """
+    from adafilter_keras.training import hub  # no import at the top: training imports data
+
     key = backbone.lower()
     if key in NORMALIZATIONS:
         return key
+    if hub.is_preset(backbone):
+        return "raw"
     if key.startswith("resnet") and key.endswith("v2"):
         return "tf"
     for family, normalization in sorted(_BACKBONE_NORMALIZATION.items(), key=lambda i: -len(i[0])):

@@ -1,4 +1,8 @@
-"""Backbones by name with their pre-trained weights; clear early errors when weights are missing."""
+"""Backbones by name with their pre-trained weights; clear early errors when weights are missing.
+
+A backbone is a `keras.applications` model name, `SmallResNet`, or a keras-hub preset (name or
+local directory; `hub.py`, with the optional `keras_hub`).
+"""
 
 import os
 import pathlib
@@ -30,27 +34,47 @@ def keras_cache_dir():
     return pathlib.Path(home) / "models"
 
 
+def check_backbone(name):
+    """Returns `name` if it is one of `BACKBONES` or a keras-hub preset, else raises `ValueError`.
+
+    Looks at the name only (no download, no import of `keras_hub`): a preset name or directory
+    needs `keras_hub` installed; whether the preset exists is checked when it is built.
+    """
+    from adafilter_keras.training import hub  # hub imports this module
+
+    if name in BACKBONES:
+        return name
+    if hub.is_preset(name):
+        hub.require_keras_hub(name)
+        return name
+    raise ValueError(
+        f"`backbone` must be one of {', '.join(BACKBONES)}, or a keras-hub preset name (such as "
+        f"{hub.PRESET_EXAMPLE!r}) or local preset directory (with {hub.INSTALL_HINT}). "
+        f"Received: backbone={name!r}"
+    )
+
+
 def build_backbone(name, weights, input_shape):
     """Builds a headless backbone with global average pooling.
 
     Args:
-        name: One of `BACKBONES`.
-        weights: `"imagenet"`, a path to a weights file (`.h5` / `.weights.h5`) for this
-            backbone without its top, or None for random initialisation.
+        name: One of `BACKBONES`, or a keras-hub preset name (`"resnet_50_imagenet"`), handle or
+            local preset directory (`hub.build_preset_backbone`).
+        weights: `"imagenet"` (for a keras-hub preset: the preset's own weights), a path to a
+            weights file (`.h5` / `.weights.h5`) for this backbone without its top, or None for
+            random initialisation.
         input_shape: `(height, width, 3)`.
 
     Returns:
         A functional `keras.Model` mapping images to pooled features.
 
     Raises:
-        ValueError: Unknown backbone name.
+        ValueError: Unknown backbone name, or a preset without keras_hub installed.
         WeightsUnavailableError: The weights cannot be loaded; the message says how to fix it.
     """
-    if name not in BACKBONES:
-        raise ValueError(
-            f"Unknown backbone {name!r}. Known backbones: {', '.join(BACKBONES)}. "
-            f"Received: backbone={name!r}"
-        )
+    from adafilter_keras.training import hub
+
+    check_backbone(name)
     if weights not in (None, "imagenet"):
         path = pathlib.Path(weights).expanduser()
         if not path.is_file():
@@ -59,6 +83,12 @@ def build_backbone(name, weights, input_shape):
                 "file without its classification top, 'imagenet', or 'none'."
             )
         weights = str(path)
+    if name not in BACKBONES:
+        preset_weights = "imagenet" if weights == "imagenet" else None
+        model = hub.build_preset_backbone(name, preset_weights, input_shape)
+        if weights not in (None, "imagenet"):
+            _load_weights(model, weights, name)
+        return model
     if name == SMALL:
         if weights == "imagenet":
             raise WeightsUnavailableError(

@@ -6,7 +6,7 @@ import re
 
 from adafilter_keras import validation
 from adafilter_keras.layers.gate_sampling import INFERENCE_RULES
-from adafilter_keras.training.backbones import BACKBONES, SMALL
+from adafilter_keras.training.backbones import SMALL, check_backbone
 from adafilter_keras.wrapping.wrap import DEFAULTS as GATE_DEFAULTS
 
 METHODS = ("adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block")
@@ -32,9 +32,12 @@ class TrainConfig:
             `l2sp_alpha / 2 * ||w - w0||^2` on the backbone and `l2sp_beta / 2 * ||w||^2` on the
             head); `stochastic` (AdaFilter layers with random gates at `random_rate`); `block`
             (one learned gate per residual block).
-        backbone: `keras.applications` model name, or `SmallResNet` (tests, quick start).
+        backbone: `keras.applications` model name, `SmallResNet` (tests, quick start), or a
+            keras-hub preset name (`resnet_50_imagenet`) or local preset directory (needs
+            `pip install "adafilter_keras[hub]"`).
         weights: `imagenet`, a weights file, `none`, or `auto`: ImageNet weights for a
             `keras.applications` backbone, none for `SmallResNet` (which has no ImageNet weights).
+            For a keras-hub preset `imagenet` (and `auto`) means the preset's own weights.
         image_size: Input side in pixels.
         batch_size: Global batch size.
         epochs: Training epochs.
@@ -134,7 +137,7 @@ class TrainConfig:
                 "to start from saved ones)"
             )
         validation.one_of("method", self.method, METHODS)
-        validation.one_of("backbone", self.backbone, BACKBONES)
+        check_backbone(self.backbone)
         validation.one_of("schedule", self.schedule, SCHEDULES)
         validation.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         validation.one_of("distribution", self.distribution, DISTRIBUTIONS)

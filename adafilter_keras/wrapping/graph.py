@@ -1,8 +1,8 @@
 """Read-only access to a functional model's graph: its nodes in a deterministic execution order.
 
 Keras exposes no public graph-walking API, so this module is the one place that reads the node
-structure (`_nodes_by_depth`, `_inbound_nodes`, `_outbound_nodes`, `Node.arguments`); a change
-in Keras's internals is mended here.
+structure (`_nodes_by_depth`, `_inbound_nodes`, `_outbound_nodes`, `Node.arguments`) and a layer's
+tracked sub-layers (`_flatten_layers`); a change in Keras's internals is mended here.
 """
 
 import collections
@@ -66,6 +66,11 @@ class FunctionalGraph:
                 f"{len(self._nodes) - len(order)} of its nodes are not reachable from its inputs."
             )
         return order
+
+
+def sublayers(layer):
+    """Every layer tracked inside `layer` (its attributes, recursively), without `layer` itself."""
+    return list(layer._flatten_layers(include_self=False, recursive=True))
 
 
 def is_functional(model):

@@ -12,7 +12,12 @@ from adafilter_keras.layers.gate_controller import POLICIES
 from adafilter_keras.layers.gate_sampling import INFERENCE_RULES
 from adafilter_keras.layers.gated_batch_norm import PRETRAINED_BRANCH_MODES
 from adafilter_keras.wrapping import targets as target_selection
-from adafilter_keras.wrapping.graph import FunctionalGraph, call_arguments, is_functional
+from adafilter_keras.wrapping.graph import (
+    FunctionalGraph,
+    call_arguments,
+    is_functional,
+    sublayers,
+)
 from adafilter_keras.wrapping.targets import describe
 
 GRANULARITIES = ("filter", "block")
@@ -66,7 +71,15 @@ def wrap(
     The model passed in is not modified. A backbone nested in a functional model (the
     "backbone + new head" pattern) is wrapped in place; if the outer model called it with
     `training=False`, that argument is dropped (with a warning) so the gates and the fine-tuned
-    batch normalizations can train.
+    batch normalizations can train. Keras ops in the graph (`keras.ops.pad(x)` called on a
+    symbolic tensor) are carried over as they are.
+
+    Subclasses of functional models with their own constructor, such as keras-hub's
+    `ResNetBackbone` and `ResNetImageClassifier`, come back as plain functional `keras.Model`s
+    (top level and nested) with the same name, layers and outputs: the new graph cannot be
+    re-created from the subclass's constructor arguments. What lives outside the graph (a
+    keras-hub task's `preprocessor`, `from_preset` / `save_to_preset`, a task's `compile()`
+    defaults) is not carried over; a model with a preprocessor gets a warning.
 
     Args:
         model: A built functional (or Sequential) `keras.Model`.
@@ -100,8 +113,9 @@ def wrap(
 
     Raises:
         TypeError: If `model` is not a functional or Sequential Keras model.
-        ValueError: If a targeted layer is shared, unsupported or not a `Conv2D`, or nothing is
-            targeted. All checks run before anything is built.
+        ValueError: If a targeted layer is shared, unsupported or not a `Conv2D`, nothing is
+            targeted, or a layer that is not gated cannot be copied from its config. All checks
+            run before the new model is built.
     """
     options = _Options(
         units=validation.positive_int("controller_units", controller_units),
@@ -115,6 +129,14 @@ def wrap(
     )
     model = _as_functional(model)
     plan = _plan(model, targets, exclude)
+    if getattr(model, "preprocessor", None) is not None:
+        warnings.warn(
+            f"Model '{model.name}' ({type(model).__name__}) has a preprocessor, which is not part "
+            "of its graph: the model wrap() returns is a plain keras.Model that takes the "
+            "preprocessed inputs. Apply the original model's `preprocessor` to your data "
+            "yourself (in the tf.data pipeline, for example).",
+            stacklevel=2,
+        )
     return _Rewriter(plan, options).rebuild(model)
 
 
@@ -145,6 +167,7 @@ class _Plan:
     path: set  # ids of the models from the top model down to the owner
     convs: list  # the gated Conv2D layers, in controller order
     paired_bn: dict  # id(conv) -> the BatchNormalization that becomes its GatedBatchNorm
+    copies: dict  # id(layer or op) -> its fresh copy, for everything on the path not rewritten
 
 
 def _check_seed(seed):
@@ -181,8 +204,10 @@ def _plan(model, targets, exclude):
     def visit(current):
         graph = graphs[id(current)] = FunctionalGraph(current)
         for layer in graph.layers():
-            candidates.append(layer)
             owners[id(layer)] = current
+            if not isinstance(layer, keras.layers.Layer):
+                continue  # a Keras op (`keras.ops.pad(x)` in the graph): copied, never gated
+            candidates.append(layer)
             if is_functional(layer) and id(layer) not in graphs:
                 parents[id(layer)] = current
                 visit(layer)
@@ -190,6 +215,8 @@ def _plan(model, targets, exclude):
     visit(model)
     searched = f"model '{model.name}'" + (" and its nested models" if len(graphs) > 1 else "")
     convs = target_selection.select(candidates, targets, exclude, where=searched)
+    if targets is None:
+        _warn_about_hidden_convs(candidates)
 
     owner_ids = {id(owners[id(conv)]) for conv in convs}
     if len(owner_ids) > 1:
@@ -218,7 +245,59 @@ def _plan(model, targets, exclude):
         bn = _following_batch_norm(conv, graph)
         if bn is not None:
             paired_bn[id(conv)] = bn
-    return _Plan(owner=owner, path=path, convs=convs, paired_bn=paired_bn)
+    rewritten = path | {id(conv) for conv in convs} | {id(bn) for bn in paired_bn.values()}
+    copies = {
+        id(layer): _copy_of(layer)
+        for model_id in path
+        for layer in graphs[model_id].layers()
+        if id(layer) not in rewritten
+    }
+    return _Plan(owner=owner, path=path, convs=convs, paired_bn=paired_bn, copies=copies)
+
+
+def _warn_about_hidden_convs(layers):
+    """Warns when layers of the graph hold Conv2D layers of their own, which wrap() cannot see."""
+    holders, hidden = [], 0
+    for layer in layers:
+        if not is_functional(layer):
+            count = sum(isinstance(sub, keras.layers.Conv2D) for sub in sublayers(layer))
+            if count:
+                holders.append(describe(layer))
+                hidden += count
+    if holders:
+        more = f", ... ({len(holders)} layers in all)" if len(holders) > 5 else ""
+        warnings.warn(
+            f"{hidden} Conv2D layers inside {', '.join(holders[:5])}{more} stay plain "
+            "convolutions: wrap() gates the Conv2D layers of the functional graph, not those "
+            "inside a subclassed layer (or a nested Sequential model). To gate them, build the "
+            "model from plain Keras layers with the functional API.",
+            stacklevel=4,
+        )
+
+
+def _copy_of(operation):
+    """A new instance of a layer, nested model or Keras op, without weights yet."""
+    if not isinstance(operation, keras.layers.Layer):
+        # A Keras op called on symbolic tensors (keras-hub's ResNet V2 pads with
+        # `keras.ops.pad(x, constant_values=-inf)`). Ops hold no state, so when one cannot be
+        # re-created from its config the new model calls the same instance.
+        try:
+            return type(operation).from_config(operation.get_config())
+        except Exception:
+            return operation
+    try:
+        if isinstance(operation, keras.Model):
+            return keras.models.clone_model(operation)
+        return type(operation).from_config(operation.get_config())
+    except Exception as error:
+        reason = " ".join(str(error).strip().split("\n\n")[0].split())  # Keras's first paragraph
+        raise ValueError(
+            f"wrap() copies every layer it does not gate from its config, and layer "
+            f"{describe(operation)} could not be re-created that way "
+            f"({type(error).__name__}: {reason}). Give its class a get_config() that returns its "
+            "constructor arguments (and register it with "
+            "keras.saving.register_keras_serializable), or rebuild the model without it."
+        ) from error
 
 
 def _check_conv(conv, graph):
@@ -284,7 +363,7 @@ class _Rewriter:
             id(conv): index for index, (_, convs) in enumerate(self.blocks) for conv in convs
         }
         self.bn_to_conv = {id(bn): conv_id for conv_id, bn in plan.paired_bn.items()}
-        self.clones = {}  # id(original layer) -> its copy, so shared layers stay shared
+        self.weights_copied = set()  # ids of the original layers whose copies have weights
 
     def rebuild(self, model):
         graph = FunctionalGraph(model)
@@ -361,23 +440,15 @@ class _Rewriter:
         )
 
     def _copy_call(self, layer, args, kwargs):
-        copy = self.clones.get(id(layer))
-        fresh = copy is None
-        if fresh:
-            if isinstance(layer, keras.Model):
-                copy = keras.models.clone_model(layer)
-            else:
-                copy = type(layer).from_config(layer.get_config())
-            self.clones[id(layer)] = copy
+        copy = self.plan.copies[id(layer)]
         outputs = copy(*args, **kwargs)
-        if fresh:
+        if id(layer) not in self.weights_copied and isinstance(layer, keras.layers.Layer):
+            # A shared layer is called at several nodes: its copy gets the weights once, after
+            # its first call has built it.
+            self.weights_copied.add(id(layer))
             copy.set_weights(layer.get_weights())
-            pairs = (
-                zip(copy.layers, layer.layers, strict=True)
-                if isinstance(layer, keras.Model)
-                else ()
-            )
             copy.trainable = layer.trainable
-            for copied, original in pairs:
-                copied.trainable = original.trainable
+            if isinstance(layer, keras.Model):
+                for copied, original in zip(copy.layers, layer.layers, strict=True):
+                    copied.trainable = original.trainable
         return outputs
