@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/step_time.py [--image-size 64 224] [--batch-size 8] [--repeats 10]
                                    [--backbone ResNet50] [--dtype float32|mixed_bfloat16]
-                                   [--output FILE]
+                                   [--backends tensorflow jax torch] [--output FILE]
 
 In one process, for each image size, builds three models on the same backbone (weights=None,
 random synthetic data, SGD with momentum, same compile settings):
@@ -21,6 +21,11 @@ allocator, which keeps the count) and the bytes it held just before (weights, op
 anything the runtime keeps); on JAX with a GPU the device's peak and current bytes in use; on JAX
 with a CPU, XLA's buffer sizes of the compiled step (arguments: the state; plus temporaries).
 Prints a Markdown table and writes JSON.
+
+`--backends` runs the whole measurement once per Keras backend, each in its own process (one after
+the other, so they do not compete for cores), and prints one table with a backend column. On
+PyTorch with a GPU, memory is `torch.cuda`'s peak and current bytes; on PyTorch with a CPU it is
+not measured (the CPU allocator keeps no count).
 """
 
 import argparse
@@ -115,8 +120,21 @@ def _measure_memory(args):
     elif backend == "jax":
         record = _jax_step_memory(model, x, y)
     else:
-        raise SystemExit(f"memory is measured on the tensorflow and jax backends, not {backend}")
+        record = _torch_step_memory(model, x, y)
     print(json.dumps(record))
+
+
+def _torch_step_memory(model, x, y):
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"peak": None, "held": None, "kind": "not measured (PyTorch, CPU)"}
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    model.train_on_batch(x, y)
+    torch.cuda.synchronize()
+    return {"peak": torch.cuda.max_memory_allocated(), "held": held, "kind": "torch.cuda, GPU"}
 
 
 def _tensorflow_step_memory(model, x, y):
@@ -182,6 +200,13 @@ def build_parser():
     parser.add_argument("--backbone", default="ResNet50")
     parser.add_argument("--dtype", default="float32", help="Keras dtype policy")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("tensorflow", "jax", "torch"),
+        help="measure each of these Keras backends in turn, in its own process, and print one "
+        "table (default: only the backend of KERAS_BACKEND)",
+    )
     parser.add_argument("--measure-memory", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--output",
@@ -191,8 +216,45 @@ def build_parser():
     return parser
 
 
+def compare_backends(args):
+    """Runs this script once per backend (fresh processes) and prints one table of them all."""
+    rows, machines = [], {}
+    for backend in args.backends:
+        output = args.output.with_name(f"{args.output.stem}_{backend}.json")
+        command = [sys.executable, __file__, *_flags(args), "--output", str(output)]
+        print(f"{backend}: measuring ...", flush=True)
+        result = subprocess.run(command, env=dict(os.environ, KERAS_BACKEND=backend))
+        if result.returncode:
+            raise SystemExit(f"the {backend} measurement failed (exit status {result.returncode})")
+        report = json.loads(output.read_text())
+        machines[backend] = report["machine"]
+        rows += [dict(row, backend=backend) for row in report["results"]]
+    print("\n| backend | size | method | ms/step | img/s | time vs finetune |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['image_size']} | {r['method']} | {r['ms_per_step']:.0f} "
+            f"| {r['img_per_s']:.1f} | {r['ratio_vs_finetune']:.2f} |"
+        )
+    report = {"machines": machines, "settings": vars(args) | {"output": str(args.output)}}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report | {"results": rows}, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+
+
+def _flags(args):
+    """The measurement's settings as flags, for one backend's process."""
+    flags = ["--image-size", *map(str, args.image_size), "--batch-size", str(args.batch_size)]
+    flags += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    flags += ["--backbone", args.backbone, "--dtype", args.dtype]
+    return flags + (["--no-memory"] if args.no_memory else [])
+
+
 def main():
     args = build_parser().parse_args()
+    if args.backends:
+        compare_backends(args)
+        return
     import adafilter_keras  # noqa: F401  (first: Keras imported with TensorFlow's lines filtered)
 
     # isort: split
