@@ -204,3 +204,17 @@ def run_cli(*args, timeout=300):
         text=True,
         timeout=timeout,
     )
+
+
+def saved_weights(path):
+    """Every array of a `.weights.h5` file, by its path inside the file."""
+    import h5py
+
+    values = {}
+    with h5py.File(path) as handle:
+        handle.visititems(
+            lambda name, item: (
+                values.__setitem__(name, np.asarray(item)) if hasattr(item, "shape") else None
+            )
+        )
+    return values

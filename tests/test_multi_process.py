@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from support import saved_weights
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("jax")
@@ -51,19 +52,6 @@ def _finish(process):
     return output
 
 
-def _weights(path):
-    import h5py
-
-    values = {}
-    with h5py.File(path) as handle:
-        handle.visititems(
-            lambda name, item: (
-                values.__setitem__(name, np.asarray(item)) if hasattr(item, "shape") else None
-            )
-        )
-    return values
-
-
 def test_two_processes_train_what_one_process_trains(tmp_path):
     port = _free_port()
     group = [
@@ -98,7 +86,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     for key in ("test_accuracy", "best_validation_accuracy"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
     np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-5)
-    first, second = (_weights(tmp_path / run / "last.weights.h5") for run in ("one", "two"))
+    first, second = (saved_weights(tmp_path / run / "last.weights.h5") for run in ("one", "two"))
     assert first.keys() == second.keys() and len(first) > 100
     for name in first:
         np.testing.assert_allclose(first[name], second[name], rtol=0, atol=1e-4, err_msg=name)

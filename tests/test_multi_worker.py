@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from support import saved_weights
 
 pytestmark = pytest.mark.slow
 
@@ -73,19 +74,7 @@ def test_two_workers_on_loopback_agree_on_the_final_weights(tmp_path):
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
 
-    import h5py
-
-    def weights(path):
-        values = {}
-        with h5py.File(path) as handle:
-            handle.visititems(
-                lambda name, item: (
-                    values.__setitem__(name, np.asarray(item)) if hasattr(item, "shape") else None
-                )
-            )
-        return values
-
-    first, second = (weights(tmp_path / f"worker{i}" / "last.weights.h5") for i in range(2))
+    first, second = (saved_weights(tmp_path / f"worker{i}" / "last.weights.h5") for i in range(2))
     assert first.keys() == second.keys() and len(first) > 10
     for name in first:
         np.testing.assert_allclose(first[name], second[name], rtol=1e-5, atol=1e-6, err_msg=name)
