@@ -99,6 +99,10 @@ def join(coordinator_address=None, num_processes=None, process_id=None, timeout_
         raise ValueError(
             f"The coordinator address must be HOST:PORT. Received: {coordinator_address!r}"
         )
+    if coordinator_address and not coordinator_address.rpartition(":")[2].isdigit():
+        raise ValueError(
+            f"The coordinator port must be a number. Received: {coordinator_address!r}"
+        )
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(
             f"process_id must be in 0 ... {num_processes - 1}. Received: process_id={process_id}"
@@ -137,10 +141,7 @@ def _check_coordinator(address, process_id, timeout_s):
     import time
 
     host, _, port = address.rpartition(":")
-    try:
-        port = int(port)
-    except ValueError:
-        raise ValueError(f"The coordinator port must be a number. Received: {address!r}") from None
+    port = int(port)  # checked by join()
     if process_id == 0:
         with socket.socket() as probe:
             try:
