@@ -83,11 +83,12 @@ def test_statistics_accumulate_in_training_only_and_reset(rng):
 
 
 def test_config_round_trip():
-    controller = _controller(temperature=0.3, name="ctrl")
+    controller = _controller(temperature=0.3, name="ctrl", normalize_inputs=True)
     config = controller.get_config()
     clone = GateController.from_config(config)
     assert clone.get_config() == config
     assert clone.filters == [4, 6] and clone.temperature == 0.3 and clone.seed == 3
+    assert clone.normalize_inputs
 
 
 @pytest.mark.parametrize(
@@ -100,6 +101,7 @@ def test_config_round_trip():
         (dict(filters=[]), r"Received: filters=\[\]"),
         (dict(filters=[4]), "one entry per gated layer"),
         (dict(seed="x"), "Received: seed='x'"),
+        (dict(normalize_inputs="yes"), "`normalize_inputs` must be True or False"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
@@ -118,3 +120,46 @@ def test_bad_calls_are_refused(rng):
         controller(x0, index=1)
     with pytest.raises(ValueError, match="expects inputs with 3 channels"):
         controller(keras.Input((8, 8, 5)), index=0)
+
+
+def _hidden_states(controller, xs, training):
+    hidden, states = [], None
+    for index, x in enumerate(xs):
+        _, h, c = controller(x, states=states, index=index, training=training)
+        hidden.append(to_numpy(h))
+        states = [h, c]
+    return hidden
+
+
+def test_normalized_inputs_see_only_how_an_example_differs_from_its_batch(rng):
+    # In training each pooled channel is standardized over the batch: a shift shared by the
+    # whole batch (what every example has in common) does not change the gates' logits.
+    controller = _controller(normalize_inputs=True)
+    xs = [x.astype("float32") for x in _inputs(rng, batch=8)]
+    moved = [x + 5.0 for x in xs]
+    for a, b in zip(
+        _hidden_states(controller, xs, True), _hidden_states(controller, moved, True), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    # Without normalization the same shift changes them.
+    plain = _controller()
+    assert not np.allclose(
+        _hidden_states(plain, xs, True)[0], _hidden_states(plain, moved, True)[0], atol=1e-2
+    )
+
+
+def test_normalized_inputs_use_moving_statistics_at_inference(rng):
+    controller = _controller(normalize_inputs=True)
+    xs = [x.astype("float32") + 4.0 for x in _inputs(rng, batch=8)]
+    before = _hidden_states(controller, xs, False)
+    for _ in range(30):
+        _hidden_states(controller, xs, True)
+    pooled_mean = xs[0].mean(axis=(0, 1, 2))
+    moving_mean = to_numpy(controller.normalizations[0].moving_mean)
+    np.testing.assert_allclose(moving_mean, pooled_mean, rtol=0.05)
+    # Inference is deterministic and now uses those statistics (not the batch's).
+    after = _hidden_states(controller, xs, False)
+    np.testing.assert_array_equal(after[1], _hidden_states(controller, xs, False)[1])
+    assert not np.allclose(before[0], after[0], atol=1e-3)
+    single = _hidden_states(controller, [x[:1] for x in xs], False)
+    np.testing.assert_allclose(single[0], after[0][:1], atol=1e-5)

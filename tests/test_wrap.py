@@ -209,7 +209,9 @@ def test_wrapped_model_saves_and_loads_in_a_fresh_process(tmp_path, rng):
     backbone = randomize_batch_norms(build_plain_resnet(name="backbone"))
     inputs = keras.Input((32, 32, 3))
     model = keras.Model(inputs, keras.layers.Dense(2, name="top")(backbone(inputs)))
-    wrapped = ak.wrap(model, seed=3, pretrained_bn="adapt", temperature=0.5)
+    wrapped = ak.wrap(
+        model, seed=3, pretrained_bn="adapt", temperature=0.5, normalize_controller_inputs=True
+    )
     wrapped.compile(keras.optimizers.SGD(0.05), keras.losses.MeanSquaredError())
     x, y = _images(8), rng.normal(size=(8, 2)).astype("float32")
     wrapped.fit(x, y, batch_size=4, verbose=0)
@@ -228,6 +230,7 @@ def test_wrapped_model_saves_and_loads_in_a_fresh_process(tmp_path, rng):
         gated = ak.gated_layers(model)
         controller = model.get_layer("backbone").get_layer("gate_controller")
         assert controller.temperature == 0.5 and controller.seed == 3, controller.get_config()
+        assert controller.normalize_inputs, controller.get_config()
         history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
         print("gated", len(gated), "losses", *history.history["loss"])
         """

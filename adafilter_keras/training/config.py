@@ -67,6 +67,8 @@ class TrainConfig:
         gradient_scale: Factor on the controller's gradient (`wrap(gradient_scale=...)`).
         inference: `expected` or `threshold`: the inference rule of learned gates.
         gate_warmup_steps: Training steps with every learned gate forced to 1.
+        normalize_controller_inputs: Standardize the controller's pooled inputs over the batch
+            (`wrap(normalize_controller_inputs=...)`).
         random_rate: Gate probability of the `stochastic` method (default: the default of
             `initial_rate`, so that `stochastic` is the ablation of the learned policy).
         l2sp_alpha: L2-SP strength toward the pre-trained weights.
@@ -111,6 +113,7 @@ class TrainConfig:
     gradient_scale: float = GATE_DEFAULTS["gradient_scale"]
     inference: str = GATE_DEFAULTS["inference"]
     gate_warmup_steps: int = GATE_DEFAULTS["gate_warmup_steps"]
+    normalize_controller_inputs: bool = GATE_DEFAULTS["normalize_controller_inputs"]
     random_rate: float = GATE_DEFAULTS["initial_rate"]
     l2sp_alpha: float = 0.01
     l2sp_beta: float = 0.01
@@ -146,6 +149,9 @@ class TrainConfig:
         validation.one_of("jit_compile", self.jit_compile, ("auto", True, False))
         validation.one_of("cache", self.cache, ("auto", True, False))
         validation.one_of("rest_as_test", self.rest_as_test, (True, False))
+        validation.one_of(
+            "normalize_controller_inputs", self.normalize_controller_inputs, (True, False)
+        )
         if self.rest_as_test and self.shots_per_class is None:
             raise ValueError(
                 "`rest_as_test` tests on the training examples not chosen as shots, so it needs "

@@ -66,6 +66,7 @@ GATE_SETTINGS = (
     "gradient_scale",
     "inference",
     "gate_warmup_steps",
+    "normalize_controller_inputs",
 )
 
 
