@@ -20,6 +20,16 @@ VARIANTS = {
     "warmup75": {"gate_warmup_steps": 75},
     "warmup75_rate05": {"gate_warmup_steps": 75, "initial_rate": 0.5},
     "scale300": {"gradient_scale": 300.0},
+    "normalized": {"normalize_controller_inputs": True},
+    "normalized_rate05": {"normalize_controller_inputs": True, "initial_rate": 0.5},
+    "normalized_t03": {"normalize_controller_inputs": True, "temperature": 0.3},
+    # The control: the same controller that (almost) does not learn. Input dependence it shows
+    # comes from its random initial weights, not from training.
+    "normalized_rate05_unlearned": {
+        "normalize_controller_inputs": True,
+        "initial_rate": 0.5,
+        "gradient_scale": 0.001,
+    },
 }
 
 
@@ -37,6 +47,9 @@ def build_parser():
     parser.add_argument(
         "--optimizer", choices=("own", "sgd"), default="sgd", help="(default: %(default)s)"
     )
+    parser.add_argument(
+        "--regime", choices=("few_shot", "large"), default="few_shot", help="(default: %(default)s)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument(
         "--output-dir",
@@ -52,12 +65,12 @@ def main(argv=None):
     from adafilter_keras.transfer import Benchmark, BenchmarkSettings, report
 
     print("| variant | adafilter − finetune (val / test) | adafilter − stochastic (val / test) "
-          "| fine-tuned | disagreement | spread |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "| fine-tuned | disagreement | spread | group gap |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name in args.variants:
         settings = BenchmarkSettings(
             tasks=(args.task,),
-            regimes=("few_shot",),
+            regimes=(args.regime,),
             methods=("finetune", "stochastic", "adafilter"),
             optimizers=(args.optimizer,),
             seeds=tuple(args.seeds),
@@ -85,9 +98,12 @@ def main(argv=None):
             sum(g[key] for g in gates) / len(gates)
             for key in ("fraction_finetuned", "disagreement", "probability_spread")
         ]
+        # Only for a task of two kinds of image (mixed): how differently the gates treat them.
+        gaps = [g for s in args.seeds for g in runs["adafilter", s].get("gate_group_gap", [])]
+        gap = f"{sum(gaps) / len(gaps):.4f}" if gaps else "—"
         print(
             f"| {name} {json.dumps(VARIANTS[name])} | {cells[0]} | {cells[1]} | "
-            f"{means[0]:.2f} | {means[1]:.3f} | {means[2]:.4f} |",
+            f"{means[0]:.2f} | {means[1]:.3f} | {means[2]:.4f} | {gap} |",
             flush=True,
         )
 

@@ -55,6 +55,11 @@ def test_mixed_task_is_half_source_domain_half_shifted_per_image():
         grey = (images[..., 0] == images[..., 1]).all(axis=(1, 2))
         assert 0.4 < grey.mean() < 0.6  # about half kept the source's grey digits
         np.testing.assert_array_equal(images[~grey], shifted[~grey])  # the rest: MNIST-M
+    # True marks the plain test images: grey, and not the shifted ones.
+    plain = mixed.test_groups
+    assert grey[plain].all() and 0.4 < plain.mean() < 0.6
+    np.testing.assert_array_equal(mixed.test[0][~plain], domain.test[0][~plain])
+    assert domain.test_groups is None
 
 
 def test_paired_interval_is_student_t():
@@ -125,3 +130,15 @@ def test_benchmark_resumes_and_repeats_exactly(tmp_path):
     assert "adafilter" in table and (tmp_path / "b" / "differences.png").exists()
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert len(saved["runs"]) == 4 and saved["comparisons"]
+
+
+def test_mixed_task_records_how_differently_the_gates_treat_its_two_kinds(tmp_path):
+    settings = dataclasses.replace(
+        TINY, tasks=("mixed",), methods=("stochastic", "adafilter"), seeds=(0,)
+    )
+    runs = {r["method"]: r for r in Benchmark(settings, tmp_path, stream=io.StringIO()).run()}
+    gaps = runs["adafilter"]["gate_group_gap"]
+    assert len(gaps) == 9 and all(0.0 <= gap <= 1.0 for gap in gaps)
+    assert max(gaps) > 0.0  # learned gates depend on the input, if only through initial weights
+    # Random gates are a constant at inference: they cannot tell the two kinds apart.
+    np.testing.assert_allclose(runs["stochastic"]["gate_group_gap"], 0.0, atol=1e-6)

@@ -19,7 +19,7 @@ import time
 import keras
 import numpy as np
 
-from adafilter_keras.inspection import controller_or_none
+from adafilter_keras.inspection import controller_or_none, gate_model
 from adafilter_keras.training.backbones import small_resnet
 from adafilter_keras.training.methods import HEAD, apply_method
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
@@ -323,6 +323,8 @@ class _Cell:
         record.update(self._score(self.task.test, "test"))
         if controller is not None:
             record["gates"] = reporter.report
+            if self.task.test_groups is not None:
+                record["gate_group_gap"] = self._group_gap()
             if controller.policy == "learned":
                 # The other inference rule, scored on the same trained model (paired, free).
                 other = "threshold" if controller.inference == "expected" else "expected"
@@ -339,6 +341,22 @@ class _Cell:
                     self.model.predict_function = None
         record["seconds"] = time.time() - started
         return record
+
+    def _group_gap(self):
+        # Does the policy tell the task's two kinds of image apart? Per gated layer, the mean
+        # over filters of |mean inference gate on kind 1 - on kind 2|, over the test set.
+        # The benchmark's backbone (which calls the controller) is nested in the model; it takes
+        # the same images.
+        controller = controller_or_none(self.model)
+        backbone = next(
+            layer for layer in self.model.layers if controller in getattr(layer, "layers", ())
+        )
+        gates = gate_model(backbone).predict(_floats(self.task.test[0]), batch_size=256, verbose=0)
+        first = self.task.test_groups
+        return [
+            float(np.mean(np.abs(layer[first].mean(0) - layer[~first].mean(0))))
+            for layer in (gates if isinstance(gates, list) else [gates])
+        ]
 
     def _score(self, data, prefix):
         logits = self.model.predict(_floats(data[0]), batch_size=256, verbose=0)

@@ -51,6 +51,8 @@ class Task:
         source_name: Tasks sharing a source share one pre-trained backbone.
         pool: `(images, labels)` of the target from which training and validation are drawn.
         test: `(images, labels)` of the target's fixed test set.
+        test_groups: For a task made of two kinds of image (`mixed`), a bool array over the test
+            set, True for the images of the first kind; None otherwise.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Task:
     source_name: str
     pool: tuple
     test: tuple
+    test_groups: np.ndarray | None = None
 
     @property
     def num_classes(self):
@@ -125,11 +128,11 @@ def load_task(name, image_size):
     photos = _photo_patches(image_size)
     pool, test = _blend(mnist_train, photos, salt=1), _blend(mnist_test, photos, salt=2)
     if name == "mixed":
-        pool = _mix(mnist_train, pool, salt=3)
-        test = _mix(mnist_test, test, salt=4)
+        pool, _ = _mix(mnist_train, pool, salt=3)
+        test, plain = _mix(mnist_test, test, salt=4)
         kind = "per-example shift: MNIST -> half MNIST, half MNIST blended with photographs"
-    else:
-        kind = "domain shift: MNIST -> MNIST blended with photographs"
+        return Task(name, kind, mnist_train, "mnist", pool, test, test_groups=plain)
+    kind = "domain shift: MNIST -> MNIST blended with photographs"
     return Task(name, kind, mnist_train, "mnist", pool, test)
 
 
@@ -174,10 +177,13 @@ def _photo_patches(size):
 
 
 def _mix(plain, blended, salt):
-    """Each image plain or blended (the same digit either way), half and half by a fixed seed."""
+    """Each image plain or blended (the same digit either way), half and half by a fixed seed.
+
+    Returns `((images, labels), keep_plain)`, `keep_plain` True where the image is plain.
+    """
     keep_plain = np.random.default_rng([PROTOCOL_SEED, salt]).random(len(plain[1])) < 0.5
     images = np.where(keep_plain[:, None, None, None], plain[0], blended[0])
-    return images, plain[1]
+    return (images, plain[1]), keep_plain
 
 
 def _blend(data, photos, salt):
