@@ -12,13 +12,14 @@ def _controller(**kwargs):
     return GateController(**kwargs)
 
 
-def _run_chain(controller, xs, training):
-    gates, states = [], None
+def _run_chain(controller, xs, training, output=0):
+    """Calls the controller for each gated layer; returns its gates (or, `output=1`, states)."""
+    outputs, states = [], None
     for index, x in enumerate(xs):
-        gate, hidden, cell = controller(x, states=states, index=index, training=training)
-        gates.append(to_numpy(gate))
-        states = [hidden, cell]
-    return gates
+        returned = controller(x, states=states, index=index, training=training)
+        outputs.append(to_numpy(returned[output]))
+        states = list(returned[1:])
+    return outputs
 
 
 def _inputs(rng, batch=5):
@@ -123,12 +124,7 @@ def test_bad_calls_are_refused(rng):
 
 
 def _hidden_states(controller, xs, training):
-    hidden, states = [], None
-    for index, x in enumerate(xs):
-        _, h, c = controller(x, states=states, index=index, training=training)
-        hidden.append(to_numpy(h))
-        states = [h, c]
-    return hidden
+    return _run_chain(controller, xs, training, output=1)
 
 
 def test_normalized_inputs_see_only_how_an_example_differs_from_its_batch(rng):
