@@ -34,6 +34,13 @@ def non_negative_int(name, value):
     return int(value)
 
 
+def boolean(name, value):
+    """Returns `value` if it is `True` or `False`, else raises `ValueError`."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return value
+
+
 def rate(name, value):
     """Returns `value` as a `float` if it is a number in (0, 1), else raises `ValueError`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:

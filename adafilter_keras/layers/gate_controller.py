@@ -130,11 +130,7 @@ class GateController(keras.layers.Layer):
         self.gradient_scale = validation.positive_float("gradient_scale", gradient_scale)
         self.inference = validation.one_of("inference", inference, INFERENCE_RULES)
         self.warmup_steps = validation.non_negative_int("warmup_steps", warmup_steps)
-        if not isinstance(normalize_inputs, bool):
-            raise ValueError(
-                f"`normalize_inputs` must be True or False. Received: {normalize_inputs!r}"
-            )
-        self.normalize_inputs = normalize_inputs
+        self.normalize_inputs = validation.boolean("normalize_inputs", normalize_inputs)
         if self.policy == "random":
             self.projections, self.cell, self.heads, self.normalizations = [], None, [], []
             return
@@ -174,12 +170,10 @@ class GateController(keras.layers.Layer):
 
     def build(self, input_shape):
         if self.policy == "learned":
-            for projection, channels in zip(self.projections, self.input_channels, strict=True):
-                projection.build((None, channels))
-            for normalization, channels in zip(
-                self.normalizations, self.input_channels, strict=False
-            ):
-                normalization.build((None, channels))
+            for i, channels in enumerate(self.input_channels):
+                self.projections[i].build((None, channels))
+                if self.normalize_inputs:
+                    self.normalizations[i].build((None, channels))
             self.cell.build((None, self.units))
             for head in self.heads:
                 head.build((None, self.units))

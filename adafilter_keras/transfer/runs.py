@@ -324,7 +324,7 @@ class _Cell:
         if controller is not None:
             record["gates"] = reporter.report
             if self.task.test_groups is not None:
-                record["gate_group_gap"] = self._group_gap()
+                record["gate_group_gap"] = self._group_gap(controller)
             if controller.policy == "learned":
                 # The other inference rule, scored on the same trained model (paired, free).
                 other = "threshold" if controller.inference == "expected" else "expected"
@@ -342,12 +342,11 @@ class _Cell:
         record["seconds"] = time.time() - started
         return record
 
-    def _group_gap(self):
+    def _group_gap(self, controller):
         # Does the policy tell the task's two kinds of image apart? Per gated layer, the mean
         # over filters of |mean inference gate on kind 1 - on kind 2|, over the test set.
         # The benchmark's backbone (which calls the controller) is nested in the model; it takes
         # the same images.
-        controller = controller_or_none(self.model)
         backbone = next(
             layer for layer in self.model.layers if controller in getattr(layer, "layers", ())
         )

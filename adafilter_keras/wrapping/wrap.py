@@ -162,13 +162,8 @@ class _Options:
 
 
 def _gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps, normalize_inputs):
-    if not isinstance(normalize_inputs, bool):
-        raise ValueError(
-            "`normalize_controller_inputs` must be True or False. "
-            f"Received: normalize_controller_inputs={normalize_inputs!r}"
-        )
     return dict(
-        normalize_inputs=normalize_inputs,
+        normalize_inputs=validation.boolean("normalize_controller_inputs", normalize_inputs),
         initial_rate=validation.rate("initial_rate", initial_rate),
         gradient_scale=validation.positive_float("gradient_scale", gradient_scale),
         inference=validation.one_of("inference", inference, INFERENCE_RULES),
