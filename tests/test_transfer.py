@@ -1,16 +1,19 @@
 """The offline transfer benchmark: tasks, paired statistics, resume and reproducibility."""
 
+import argparse
 import dataclasses
 import io
 import json
 import math
+import re
 
 import keras
 import numpy as np
 import pytest
 
-from adafilter_keras.transfer import report, tasks
-from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings
+from adafilter_keras.transfer import command, report, tasks
+from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings, run_key
+from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="the benchmark resizes images with TensorFlow"
@@ -142,3 +145,30 @@ def test_mixed_task_records_how_differently_the_gates_treat_its_two_kinds(tmp_pa
     assert max(gaps) > 0.0  # learned gates depend on the input, if only through initial weights
     # Random gates are a constant at inference: they cannot tell the two kinds apart.
     np.testing.assert_allclose(runs["stochastic"]["gate_group_gap"], 0.0, atol=1e-6)
+
+
+def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_take():
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    varied = command.settings_from(parser.parse_args(["--wrap-settings", '{"initial_rate": 0.5}']))
+    default = command.settings_from(parser.parse_args([]))
+    explicit = command.settings_from(
+        parser.parse_args(["--wrap-settings", json.dumps(WRAP_DEFAULTS)])
+    )
+    assert varied.variant == {"initial_rate": 0.5}
+    for method, changes in (("adafilter", True), ("stochastic", True), ("finetune", False)):
+        key = run_key(varied, "digits", "few_shot", method, "sgd", 0)
+        assert (key != run_key(default, "digits", "few_shot", method, "sgd", 0)) == changes
+        # Naming the defaults is the same run as leaving them out: a run made under settings
+        # that later become the defaults is reused.
+        assert run_key(explicit, "digits", "few_shot", method, "sgd", 0) == run_key(
+            default, "digits", "few_shot", method, "sgd", 0
+        )
+    assert "initial_rate" in command.note(varied) and "wrap()" not in command.note(default)
+    for text, message in (
+        ("initial_rate=0.5", "must be a JSON object"),
+        ("[0.5]", "must be a JSON object"),
+        ('{"rate": 0.5}', "unknown keys ['rate']"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            command.settings_from(parser.parse_args(["--wrap-settings", text]))

@@ -1,12 +1,14 @@
 """`adafilter-keras benchmark` (and `python benchmarks/transfer.py`): presets, flags, running."""
 
 import dataclasses
+import json
 import pathlib
 import time
 
 from adafilter_keras.transfer import report
 from adafilter_keras.transfer.runs import METHODS, OPTIMIZERS, Benchmark, BenchmarkSettings
 from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
+from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 PRESETS = {
     # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers; 5 seeds few-shot, 3 larger.
@@ -55,6 +57,13 @@ def add_arguments(parser):
     )
     parser.add_argument("--shots", type=int, help="few-shot images per class (default: 10)")
     parser.add_argument(
+        "--wrap-settings",
+        metavar="JSON",
+        help="wrap() settings for the gated methods instead of its defaults, as a JSON object, "
+        "e.g. '{\"initial_rate\": 0.5}'; part of each gated run's identity, so runs under other "
+        f"settings are kept apart (keys: {', '.join(WRAP_DEFAULTS)})",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the table and figure from the runs done so far, run nothing",
@@ -71,7 +80,29 @@ def settings_from(args):
     }
     if "shots" in overrides and overrides["shots"] < 1:
         raise ValueError(f"`--shots` must be >= 1. Received: {overrides['shots']}")
+    if getattr(args, "wrap_settings", None):
+        overrides["variant"] = wrap_settings(args.wrap_settings)
     return dataclasses.replace(settings, **overrides)
+
+
+def wrap_settings(text):
+    """The `--wrap-settings` JSON as a dict of wrap() gate settings, checked."""
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"`--wrap-settings` must be a JSON object, e.g. '{{\"initial_rate\": 0.5}}'. "
+            f"Received: {text!r} ({error})"
+        ) from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"`--wrap-settings` must be a JSON object. Received: {text!r}")
+    unknown = sorted(set(settings) - set(WRAP_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"`--wrap-settings` has unknown keys {unknown}; the gate settings are: "
+            f"{', '.join(WRAP_DEFAULTS)}."
+        )
+    return settings
 
 
 def note(settings):
@@ -83,6 +114,12 @@ def note(settings):
         f"{settings.few_shot_steps} steps, seeds {list(settings.seeds)}; larger: up to 300 "
         f"images per class, {settings.large_epochs} epochs, seeds {list(settings.large_seeds)}; "
         "20 validation images per class; accuracy after the last step (no selection on test)."
+        + (
+            f" Gated methods with wrap() settings {json.dumps(settings.variant)} instead of "
+            "the defaults."
+            if settings.variant
+            else ""
+        )
     )
 
 
