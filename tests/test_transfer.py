@@ -98,6 +98,23 @@ def test_compare_pairs_runs_by_seed():
     assert math.isclose(versus[0]["difference"], 5.0)
 
 
+def test_learned_vs_random_is_reported_on_validation_as_well_as_test():
+    records = [
+        dict(_record(method, seed, test), val_accuracy=val)
+        for method, seed, test, val in (
+            ("finetune", 0, 0.5, 0.5),
+            ("finetune", 1, 0.5, 0.5),
+            ("adafilter", 0, 0.60, 0.52),
+            ("adafilter", 1, 0.60, 0.54),
+            ("stochastic", 0, 0.50, 0.50),
+            ("stochastic", 1, 0.50, 0.50),
+        )
+    ]
+    table = report.markdown(records)
+    assert "| sgd | test | +10.0 ± 0.0 | +10.00 ± 0.00 |" in table
+    assert "| sgd | validation | +3.0 ± 12.7 | +3.00 ± 12.71 |" in table
+
+
 TINY = BenchmarkSettings(
     tasks=("digits",),
     regimes=("few_shot",),

@@ -1,6 +1,7 @@
 """Paired comparisons, tables and a figure from the transfer benchmark's run records."""
 
 import collections
+import itertools
 import json
 import math
 import statistics
@@ -137,15 +138,23 @@ def markdown(records, settings_note=""):
                 summary = "—" if method == BASELINE else f"{mean:+.2f} ± {interval:.2f}"
                 lines.append(f"| {method} | " + " | ".join(parts) + f" | {summary} |")
             lines.append("")
-    learned = pair_methods(records, "adafilter", "stochastic")
-    if learned:
-        columns = sorted({(r["task"], r["regime"]) for r in learned}, key=_column_order)
-        lines.append("**Learned gates vs random gates** (adafilter − stochastic, test, points)")
+    learned = {
+        split: pair_methods(records, "adafilter", "stochastic", metric)
+        for split, metric in (("test", "test_accuracy"), ("validation", "val_accuracy"))
+    }
+    if learned["test"]:
+        columns = sorted({(r["task"], r["regime"]) for r in learned["test"]}, key=_column_order)
+        lines.append("**Learned gates vs random gates** (adafilter − stochastic, points)")
         lines.append("")
-        lines.append("| optimizer | " + " | ".join(f"{t} {g}" for t, g in columns) + " | mean |")
-        lines.append("|---" * (len(columns) + 2) + "|")
-        for optimizer in sorted({r["optimizer"] for r in learned}):
-            chosen = {(r["task"], r["regime"]): r for r in learned if r["optimizer"] == optimizer}
+        lines.append(
+            "| optimizer | split | " + " | ".join(f"{t} {g}" for t, g in columns) + " | mean |"
+        )
+        lines.append("|---" * (len(columns) + 3) + "|")
+        optimizers = sorted({r["optimizer"] for r in learned["test"]})
+        for optimizer, split in itertools.product(optimizers, learned):
+            chosen = {
+                (r["task"], r["regime"]): r for r in learned[split] if r["optimizer"] == optimizer
+            }
             parts = [
                 f"{chosen[c]['difference']:+.1f} ± {chosen[c]['interval']:.1f}"
                 if c in chosen
@@ -154,7 +163,9 @@ def markdown(records, settings_note=""):
             ]
             mean, interval = overall(list(chosen.values()))
             lines.append(
-                f"| {optimizer} | " + " | ".join(parts) + f" | {mean:+.2f} ± {interval:.2f} |"
+                f"| {optimizer} | {split} | "
+                + " | ".join(parts)
+                + f" | {mean:+.2f} ± {interval:.2f} |"
             )
         lines.append("")
     gates = gate_summary(records)
@@ -250,6 +261,9 @@ def write(records, output_dir, settings_note=""):
         "comparisons": compare(records),
         "validation_comparisons": compare(records, "val_accuracy"),
         "learned_vs_random": pair_methods(records, "adafilter", "stochastic"),
+        "validation_learned_vs_random": pair_methods(
+            records, "adafilter", "stochastic", "val_accuracy"
+        ),
         "gates": [
             {"task": t, "regime": g, "optimizer": o, **values}
             for (t, g, o), values in sorted(gate_summary(records).items())
