@@ -2,9 +2,11 @@
 
 import argparse
 import dataclasses
+import importlib.util
 import io
 import json
 import math
+import pathlib
 import re
 
 import keras
@@ -189,3 +191,27 @@ def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             command.settings_from(parser.parse_args(["--wrap-settings", text]))
+
+
+def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, capsys):
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "compare_variants.py"
+    spec = importlib.util.spec_from_file_location("_compare_variants", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    settings = dataclasses.replace(TINY, variant={"initial_rate": 0.5})
+    lines = []
+    for variant, seed, accuracy in ((TINY, 0, 0.5), (TINY, 1, 0.6), (settings, 0, 0.6),
+                                    (settings, 1, 0.8), (settings, 2, 0.9)):  # fmt: skip
+        key = run_key(variant, "digits", "few_shot", "adafilter", "sgd", seed)
+        lines.append(json.dumps(dict(_record("adafilter", seed, accuracy), key=key)))
+    # Runs of other methods or settings are not read.
+    key = run_key(TINY, "digits", "few_shot", "finetune", "sgd", 0)
+    lines.append(json.dumps(dict(_record("finetune", 0, 0.0), key=key)))
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.5}'])
+    out = capsys.readouterr().out
+    # Seeds 0 and 1 pair up: +10 and +20 points; seed 2 has no partner.
+    assert "test_accuracy sgd: +15.00 ± 63.53" in out
+    with pytest.raises(SystemExit, match="No adafilter runs"):
+        script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.1}',
+                     "--baseline", '{"initial_rate": 0.2}'])  # fmt: skip
