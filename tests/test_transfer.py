@@ -188,6 +188,8 @@ def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_
         ("initial_rate=0.5", "must be a JSON object"),
         ("[0.5]", "must be a JSON object"),
         ('{"rate": 0.5}', "unknown keys ['rate']"),
+        ('{"initial_rate": 1.5}', "initial_rate"),
+        ('{"pretrained_bn": "thaw"}', "pretrained_bn"),
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             command.settings_from(parser.parse_args(["--wrap-settings", text]))

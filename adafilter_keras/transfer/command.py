@@ -9,6 +9,7 @@ from adafilter_keras.transfer import report
 from adafilter_keras.transfer.runs import METHODS, OPTIMIZERS, Benchmark, BenchmarkSettings
 from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
 from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
+from adafilter_keras.wrapping.wrap import check_gate_settings
 
 PRESETS = {
     # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers; 5 seeds few-shot, 3 larger.
@@ -102,6 +103,7 @@ def wrap_settings(text):
             f"`--wrap-settings` has unknown keys {unknown}; the gate settings are: "
             f"{', '.join(WRAP_DEFAULTS)}."
         )
+    check_gate_settings(settings)
     return settings
 
 

@@ -161,6 +161,27 @@ class _Options:
     gate_options: dict
 
 
+def check_gate_settings(settings):
+    """Checks a dict of `wrap()`'s gate settings (the keys of `DEFAULTS`) as `wrap()` would.
+
+    For callers that pass such settings on later (the benchmark's `--wrap-settings`), so that a
+    bad value is refused before any work starts.
+
+    Raises:
+        ValueError: If a value is not one `wrap()` accepts.
+    """
+    resolved = {**DEFAULTS, **settings}
+    validation.positive_float("temperature", resolved["temperature"])
+    validation.one_of("pretrained_bn", resolved["pretrained_bn"], PRETRAINED_BRANCH_MODES)
+    _gate_options(
+        resolved["initial_rate"],
+        resolved["gradient_scale"],
+        resolved["inference"],
+        resolved["gate_warmup_steps"],
+        resolved["normalize_controller_inputs"],
+    )
+
+
 def _gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps, normalize_inputs):
     return dict(
         normalize_inputs=validation.boolean("normalize_controller_inputs", normalize_inputs),
