@@ -169,12 +169,21 @@ def test_mixed_task_records_how_differently_the_gates_treat_its_two_kinds(tmp_pa
 def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_take():
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    varied = command.settings_from(parser.parse_args(["--wrap-settings", '{"initial_rate": 0.5}']))
+    varied = command.settings_from(parser.parse_args(["--wrap-settings", '{"initial_rate": 0.7}']))
     default = command.settings_from(parser.parse_args([]))
     explicit = command.settings_from(
         parser.parse_args(["--wrap-settings", json.dumps(WRAP_DEFAULTS)])
     )
-    assert varied.variant == {"initial_rate": 0.5}
+    assert varied.variant == {"initial_rate": 0.7}
+    # A value is keyed as wrap() holds it: 300 and 300.0 are one run.
+    whole, decimal = (
+        command.settings_from(parser.parse_args(["--wrap-settings", text]))
+        for text in ('{"gradient_scale": 300}', '{"gradient_scale": 300.0}')
+    )
+    assert whole.variant == {"gradient_scale": 300.0}
+    assert run_key(whole, "digits", "few_shot", "adafilter", "sgd", 0) == run_key(
+        decimal, "digits", "few_shot", "adafilter", "sgd", 0
+    )
     for method, changes in (("adafilter", True), ("stochastic", True), ("finetune", False)):
         key = run_key(varied, "digits", "few_shot", method, "sgd", 0)
         assert (key != run_key(default, "digits", "few_shot", method, "sgd", 0)) == changes
@@ -200,7 +209,7 @@ def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, c
     spec = importlib.util.spec_from_file_location("_compare_variants", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    settings = dataclasses.replace(TINY, variant={"initial_rate": 0.5})
+    settings = dataclasses.replace(TINY, variant={"initial_rate": 0.7})
     lines = []
     for variant, seed, accuracy in ((TINY, 0, 0.5), (TINY, 1, 0.6), (settings, 0, 0.6),
                                     (settings, 1, 0.8), (settings, 2, 0.9)):  # fmt: skip
@@ -210,7 +219,7 @@ def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, c
     key = run_key(TINY, "digits", "few_shot", "finetune", "sgd", 0)
     lines.append(json.dumps(dict(_record("finetune", 0, 0.0), key=key)))
     (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
-    script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.5}'])
+    script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.7}'])
     out = capsys.readouterr().out
     # Seeds 0 and 1 pair up: +10 and +20 points; seed 2 has no partner.
     assert "test_accuracy sgd: +15.00 ± 63.53" in out

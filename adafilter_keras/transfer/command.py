@@ -103,8 +103,7 @@ def wrap_settings(text):
             f"`--wrap-settings` has unknown keys {unknown}; the gate settings are: "
             f"{', '.join(WRAP_DEFAULTS)}."
         )
-    check_gate_settings(settings)
-    return settings
+    return check_gate_settings(settings)
 
 
 def note(settings):

@@ -104,7 +104,8 @@ def wrap(
             other conv is a block of its own).
         initial_rate: Initial probability that a learned gate picks the fine-tuned filter.
         gradient_scale: Factor on the gradient that reaches the controller (its learning rate
-            relative to the filters', under SGD, whatever optimizer the model is compiled with).
+            relative to the filters', under SGD, whatever optimizer the model is compiled with;
+            an optimizer that normalizes each update, such as Adam, largely ignores it).
         inference: `"expected"` (gate = `sigmoid(logit)`, the mean of the training gate) or
             `"threshold"` (gate = `1[logit > 0]`) at inference.
         gate_warmup_steps: Training steps during which every learned gate is 1 (plain fine-tuning)
@@ -167,19 +168,31 @@ def check_gate_settings(settings):
     For callers that pass such settings on later (the benchmark's `--wrap-settings`), so that a
     bad value is refused before any work starts.
 
+    Returns:
+        The same keys, each value as `wrap()` holds it (`{"gradient_scale": 300}` gives
+        `300.0`), so that equal settings compare and print alike.
+
     Raises:
         ValueError: If a value is not one `wrap()` accepts.
     """
     resolved = {**DEFAULTS, **settings}
-    validation.positive_float("temperature", resolved["temperature"])
-    validation.one_of("pretrained_bn", resolved["pretrained_bn"], PRETRAINED_BRANCH_MODES)
-    _gate_options(
+    options = _gate_options(
         resolved["initial_rate"],
         resolved["gradient_scale"],
         resolved["inference"],
         resolved["gate_warmup_steps"],
         resolved["normalize_controller_inputs"],
     )
+    checked = dict(
+        temperature=validation.positive_float("temperature", resolved["temperature"]),
+        pretrained_bn=validation.one_of(
+            "pretrained_bn", resolved["pretrained_bn"], PRETRAINED_BRANCH_MODES
+        ),
+        normalize_controller_inputs=options.pop("normalize_inputs"),
+        gate_warmup_steps=options.pop("warmup_steps"),
+        **options,
+    )
+    return {key: checked[key] for key in settings}
 
 
 def _gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps, normalize_inputs):
