@@ -21,7 +21,14 @@ def _images(n=2, size=32, seed=0):
 
 
 def _layer_types(model):
-    return [type(layer).__name__ for layer in model._flatten_layers()]
+    """Types of the layers of the model's graph and of nested models' graphs (not the layers
+    inside a layer, such as the controller's own Dense and BatchNormalization)."""
+    types = []
+    for layer in model.layers:
+        types.append(type(layer).__name__)
+        if isinstance(layer, keras.Model):
+            types.extend(_layer_types(layer))
+    return types
 
 
 @pytest.mark.parametrize(
@@ -74,8 +81,11 @@ def test_resnet50_structure_and_controller_order():
     bn_affine = size(w for w in model.trainable_weights if w.path.endswith(("gamma", "beta")))
     # Every conv and BN weight exists twice; the fine-tuned copies and the controller train; the
     # controller also counts gate choices (one number per filter and one per gated layer), keeps
-    # four running sums per gated layer for its report, and counts its training steps.
+    # four running sums per gated layer for its report, and counts its training steps; its input
+    # normalization (on by default) keeps a moving mean and variance per input channel.
     statistics = sum(layer.filters for layer in ak.gated_layers(wrapped)) + 53 + 4 * 53 + 1
+    (controller,) = [layer for layer in wrapped.layers if isinstance(layer, ak.GateController)]
+    statistics += 2 * sum(controller.input_channels)
     assert counts["total"] == 2 * original["total"] + counts["controller"] + statistics
     # With the default pretrained_bn="adapt" both branches' gamma and beta train.
     assert counts["trainable"] == conv + 2 * bn_affine + counts["controller"]

@@ -61,7 +61,7 @@ def add_arguments(parser):
         "--wrap-settings",
         metavar="JSON",
         help="wrap() settings for the gated methods instead of its defaults, as a JSON object, "
-        "e.g. '{\"initial_rate\": 0.5}'; part of each gated run's identity, so runs under other "
+        "e.g. '{\"initial_rate\": 0.85}'; part of each gated run's identity, so runs under other "
         f"settings are kept apart (keys: {', '.join(WRAP_DEFAULTS)})",
     )
     parser.add_argument(

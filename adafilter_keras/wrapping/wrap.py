@@ -27,11 +27,11 @@ GRANULARITIES = ("filter", "block")
 DEFAULTS = dict(
     temperature=1.0,
     pretrained_bn="adapt",
-    initial_rate=0.85,
-    gradient_scale=30.0,
+    initial_rate=0.5,
+    gradient_scale=300.0,
     inference="expected",
     gate_warmup_steps=0,
-    normalize_controller_inputs=False,
+    normalize_controller_inputs=True,
 )
 _BLOCK_NAME = re.compile(r"^(.+_block\d+)_")
 
@@ -113,8 +113,8 @@ def wrap(
         normalize_controller_inputs: If True, the controller standardizes each pooled input
             channel over the batch (a `BatchNormalization` without scale and offset; moving
             statistics at inference), so its gates respond to how an example differs from the
-            others rather than to what they share. Measured to make the gates depend on the
-            input several times more, without changing accuracy (docs/evidence.md).
+            others rather than to what they share. Without it the gates learn a per-filter
+            rate that does not depend on the input (docs/evidence.md).
 
     Returns:
         A new functional `keras.Model` with the same inputs, outputs and name.
