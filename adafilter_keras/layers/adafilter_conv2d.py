@@ -213,8 +213,9 @@ class AdaFilterConv2D(keras.layers.Layer):
             data_format=self.data_format,
             dilation_rate=self.dilation_rate,
         )
-        pretrained = ops.conv(inputs, self.pretrained_kernel, **options)
-        finetuned = ops.conv(inputs, self.finetuned_kernel, **options)
+        pretrained, finetuned = _convolve(
+            inputs, (self.pretrained_kernel, self.finetuned_kernel), **options
+        )
         if self.use_bias:
             pretrained = pretrained + self.pretrained_bias
             finetuned = finetuned + self.finetuned_bias
@@ -265,6 +266,37 @@ class AdaFilterConv2D(keras.layers.Layer):
             }
         )
         return config
+
+
+def _convolve(inputs, kernels, *, data_format, **options):
+    """`ops.conv` of `inputs` with each of `kernels`, channels-last in and out."""
+    if keras.backend.backend() != "torch":
+        return [ops.conv(inputs, kernel, data_format=data_format, **options) for kernel in kernels]
+    # Keras's PyTorch conv copies a channels-last input twice per call (made contiguous as NCHW,
+    # then back to channels-last memory for oneDNN). A permuted view of the input already is
+    # NCHW with channels-last memory; given a kernel laid out the same way, PyTorch convolves it
+    # without copying it, once for both kernels, forward and backward.
+    channels_first = ops.transpose(inputs, (0, 3, 1, 2))
+    return [
+        ops.transpose(
+            ops.conv(
+                channels_first,
+                _channels_last_kernel(kernel),
+                data_format="channels_first",
+                **options,
+            ),
+            (0, 2, 3, 1),
+        )
+        for kernel in kernels
+    ]
+
+
+def _channels_last_kernel(kernel):
+    # The same (height, width, in, out) kernel, stored out-major (as PyTorch's channels-last
+    # weights): the flattening copies it, the rest are views.
+    height, width, channels, filters = kernel.shape
+    stored = ops.reshape(ops.transpose(kernel, (3, 0, 1, 2)), (-1,))
+    return ops.transpose(ops.reshape(stored, (filters, height, width, channels)), (1, 2, 3, 0))
 
 
 class _Values(initializers.Initializer):
