@@ -46,6 +46,21 @@ def mix_with_full_finetuned_gradient(pretrained, finetuned, gate):
     return finetuned + (1.0 - gate) * (pretrained - ops.stop_gradient(finetuned))
 
 
+def mix_normalized_with_full_finetuned_gradient(
+    pretrained, finetuned, pretrained_affine, finetuned_affine, gate
+):
+    """`GatedBatchNorm`'s mix (`mix_normalized`) with the same straight-through gradient."""
+    (pretrained_scale, pretrained_offset), (finetuned_scale, finetuned_offset) = (
+        pretrained_affine,
+        finetuned_affine,
+    )
+    return mix_with_full_finetuned_gradient(
+        pretrained * pretrained_scale + pretrained_offset,
+        finetuned * finetuned_scale + finetuned_offset,
+        gate,
+    )
+
+
 def main(argv=None):
     """Runs the gated methods with the straight-through fine-tuned gradient; prints the table."""
     args = build_parser().parse_args(argv)
@@ -53,8 +68,8 @@ def main(argv=None):
     from adafilter_keras.transfer import Benchmark, BenchmarkSettings, report
     from adafilter_keras.transfer.command import wrap_settings
 
-    for module in (adafilter_conv2d, gated_batch_norm):
-        module.mix_branches = mix_with_full_finetuned_gradient
+    adafilter_conv2d.mix_branches = mix_with_full_finetuned_gradient
+    gated_batch_norm.mix_normalized = mix_normalized_with_full_finetuned_gradient
     output, source = pathlib.Path(args.output_dir), pathlib.Path(args.finetune_runs)
     output.mkdir(parents=True, exist_ok=True)
     if not (output / "sources").exists():

@@ -4,7 +4,7 @@ import keras
 from keras import backend, initializers, ops, regularizers
 
 from adafilter_keras import validation
-from adafilter_keras.layers.branches import check_gate, mix_branches
+from adafilter_keras.layers.branches import check_gate, mix_normalized
 from adafilter_keras.layers.copying import assign_copy
 
 PRETRAINED_BRANCH_MODES = ("frozen", "adapt")
@@ -216,17 +216,21 @@ class GatedBatchNorm(keras.layers.Layer):
     def call(self, inputs, training=None):
         *branches, gate = self._unpack(inputs)
         check_gate(gate.shape, self.filters, self.name)
-        # Each branch is normalized on its own: measured faster than one normalization over the
-        # stacked channels, and the frozen branch then needs no batch moments at all.
-        outputs = [
-            self._normalize(branch, values, training)
+        # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
+        branches = [
+            ops.cast(values, backend.result_type(values.dtype, "float32")) for values in branches
+        ]
+        # Each branch's normalization as a per-channel affine map, mixed with the branches in one
+        # pass (`mix_normalized`). Each has its own statistics: the frozen branch then needs no
+        # batch moments at all.
+        affines = [
+            self._affine(branch, values, training)
             for branch, values in zip(("pretrained", "finetuned"), branches, strict=True)
         ]
-        return ops.cast(mix_branches(*outputs, gate), self.compute_dtype)
+        return ops.cast(mix_normalized(*branches, *affines, gate), self.compute_dtype)
 
-    def _normalize(self, branch, values, training):
-        # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
-        values = ops.cast(values, backend.result_type(values.dtype, "float32"))
+    def _affine(self, branch, values, training):
+        """Per-channel `(scale, offset)`: normalized, the branch is `values * scale + offset`."""
         dtype = values.dtype
         mean = ops.cast(getattr(self, f"{branch}_moving_mean"), dtype)
         variance = ops.cast(getattr(self, f"{branch}_moving_variance"), dtype)
@@ -234,17 +238,15 @@ class GatedBatchNorm(keras.layers.Layer):
         if training and self.trainable and batch_statistics:
             mean, variance = ops.moments(values, axes=list(range(len(values.shape) - 1)))
             self._update_statistics(branch, mean, variance)
+        scale = ops.rsqrt(variance + ops.cast(self.epsilon, dtype))
         gamma = getattr(self, f"{branch}_gamma", None)
+        if gamma is not None:
+            scale = scale * ops.cast(gamma, dtype)
+        offset = -mean * scale
         beta = getattr(self, f"{branch}_beta", None)
-        return ops.batch_normalization(
-            values,
-            mean=mean,
-            variance=variance,
-            axis=-1,
-            offset=None if beta is None else ops.cast(beta, dtype),
-            scale=None if gamma is None else ops.cast(gamma, dtype),
-            epsilon=self.epsilon,
-        )
+        if beta is not None:
+            offset = offset + ops.cast(beta, dtype)
+        return scale, offset
 
     def _update_statistics(self, branch, batch_mean, batch_variance):
         for name, batch_value in zip(_STATISTICS, (batch_mean, batch_variance), strict=True):
