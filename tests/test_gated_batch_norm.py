@@ -49,6 +49,18 @@ def test_inference_matches_reference_per_branch_and_gate(rng):
     np.testing.assert_allclose(to_numpy(layer([*_halves(x), gate])), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("gate_filters", [4, 1])
+def test_soft_gates_mix_the_normalized_branches(rng, gate_filters):
+    # The inference gates are probabilities, and block granularity shares one gate per example.
+    layer = _layer_with_distinct_branches(rng)
+    x = rng.normal(size=(3, 5, 5, 8)).astype("float32")
+    pretrained = _bn_reference(x[..., :4], *_branch(layer, "pretrained"))
+    finetuned = _bn_reference(x[..., 4:], *_branch(layer, "finetuned"))
+    gate = rng.uniform(size=(3, gate_filters)).astype("float32")
+    expected = gate[:, None, None, :] * finetuned + (1 - gate[:, None, None, :]) * pretrained
+    np.testing.assert_allclose(to_numpy(layer([*_halves(x), gate])), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["frozen", "adapt"])
 def test_training_uses_batch_statistics_per_mode(rng, mode):
     layer = _layer_with_distinct_branches(rng, pretrained_branch=mode, momentum=0.9)
