@@ -12,7 +12,7 @@ from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 from adafilter_keras.wrapping.wrap import check_gate_settings
 
 PRESETS = {
-    # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers; 5 seeds few-shot, 3 larger.
+    # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers x 5 seeds (360 runs).
     "full": BenchmarkSettings(),
     # For iterating: one task, few-shot, 3 seeds (about 10 minutes on 2 CPU cores).
     "quick": BenchmarkSettings(tasks=("digits",), regimes=("few_shot",), seeds=(0, 1, 2)),
@@ -54,7 +54,7 @@ def add_arguments(parser):
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="few-shot seeds (default: 0 1 2 3 4)")
     parser.add_argument(
-        "--large-seeds", nargs="+", type=int, help="seeds of the larger regime (default: 0 1 2)"
+        "--large-seeds", nargs="+", type=int, help="seeds of the larger regime (default: 0 1 2 3 4)"
     )
     parser.add_argument("--shots", type=int, help="few-shot images per class (default: 10)")
     parser.add_argument(

@@ -65,7 +65,7 @@ class BenchmarkSettings:
     methods: tuple = METHODS
     optimizers: tuple = OPTIMIZERS
     seeds: tuple = (0, 1, 2, 3, 4)
-    large_seeds: tuple = (0, 1, 2)
+    large_seeds: tuple = (0, 1, 2, 3, 4)
     shots: int = 10
     image_size: int = 16
     width: int = 16
