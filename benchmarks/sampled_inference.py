@@ -1,0 +1,123 @@
+"""Is the `expected` inference rule what training optimized? A paired probe on the benchmark.
+
+Training draws hard gates; `inference="expected"` feeds each layer the expected mix instead, whose
+variance is lower (by `p (1 - p) (F - P)^2` per channel) than that of the hard mixes the next
+layers' batch normalization saw. This script trains AdaFilter exactly as the benchmark does and
+scores each trained model three ways: the expected rule (the default), the threshold rule, and the
+average of the softmax over `--samples` forward passes with gates drawn as in training (batch
+normalization at inference). If the sampled average is clearly better, the expected rule loses
+accuracy to that shift; if it ties, it does not.
+
+    python benchmarks/sampled_inference.py --output-dir benchmarks/results/sampled_inference
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adafilter_keras.layers import gate_controller  # noqa: E402
+from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
+from adafilter_keras.transfer.report import paired  # noqa: E402
+from adafilter_keras.transfer.tasks import TASKS  # noqa: E402
+
+
+def _sampled_accuracy(cell, data, samples):
+    """Accuracy of the softmax averaged over `samples` passes with training-time gate draws."""
+    original = gate_controller.sample_gates
+
+    def drawn(logits, **kwargs):
+        kwargs["training"] = True
+        return original(logits, **kwargs)
+
+    gate_controller.sample_gates = drawn
+    cell.model.predict_function = None
+    try:
+        total = 0.0
+        for _ in range(samples):
+            logits = cell.model.predict(benchmark_runs._floats(data[0]), batch_size=256, verbose=0)
+            shifted = np.exp(logits - logits.max(-1, keepdims=True))
+            total = total + shifted / shifted.sum(-1, keepdims=True)
+    finally:
+        gate_controller.sample_gates = original
+        cell.model.predict_function = None
+    return float(np.mean(np.argmax(total, -1) == data[1]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", required=True, help="where runs.jsonl and sources go")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--regime", default="few_shot", choices=("few_shot", "large"))
+    parser.add_argument("--optimizers", nargs="+", default=["own", "sgd"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--samples", type=int, default=8, help="gate draws averaged per image")
+    args = parser.parse_args(argv)
+
+    output = pathlib.Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "runs.jsonl"
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            done[record["task"], record["optimizer"], record["seed"]] = record
+    settings = benchmark_runs.BenchmarkSettings()
+    with benchmark_runs._deterministic():
+        for task in args.tasks:
+            for optimizer in args.optimizers:
+                todo = [s for s in args.seeds if (task, optimizer, s) not in done]
+                if not todo:
+                    continue
+                cell = benchmark_runs._Cell(
+                    settings, output, task, args.regime, "adafilter", optimizer, log=print
+                )
+                for seed in todo:
+                    record = cell.run(seed)
+                    _, validation = cell.task.sample(args.regime, seed, settings.shots)
+                    for split, data in (("val", validation), ("test", cell.task.test)):
+                        record[f"sampled_{split}_accuracy"] = _sampled_accuracy(
+                            cell, data, args.samples
+                        )
+                    record.pop("gates", None)
+                    done[task, optimizer, seed] = record
+                    with path.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    print(
+                        f"{task}/{optimizer}/seed{seed}: test expected "
+                        f"{100 * record['test_accuracy']:.1f}, threshold "
+                        f"{100 * record['inference_threshold']['test_accuracy']:.1f}, sampled "
+                        f"{100 * record['sampled_test_accuracy']:.1f}",
+                        flush=True,
+                    )
+
+    print(
+        f"\nPaired over tasks and seeds, points ± 95% interval:\n\n| optimizer | split | "
+        f"sampled ({args.samples}) − expected | threshold − expected |"
+    )
+    print("|---|---|---|---|")
+    for optimizer in args.optimizers:
+        for split in ("val", "test"):
+            records = [
+                done[t, optimizer, s]
+                for t in args.tasks
+                for s in args.seeds
+                if (t, optimizer, s) in done
+            ]
+            base = np.array([r[f"{split}_accuracy"] for r in records]) * 100
+            sampled = np.array([r[f"sampled_{split}_accuracy"] for r in records]) * 100
+            threshold = np.array([r["inference_threshold"][f"{split}_accuracy"] for r in records])
+            cells = []
+            for other in (sampled, threshold * 100):
+                mean, half = paired(list(other - base))
+                cells.append(f"{mean:+.2f} ± {half:.2f}")
+            print(f"| {optimizer} | {split} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
