@@ -226,3 +226,37 @@ def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, c
     with pytest.raises(SystemExit, match="No adafilter runs"):
         script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.1}',
                      "--baseline", '{"initial_rate": 0.2}'])  # fmt: skip
+
+
+def test_sampled_inference_draws_the_gates_at_inference_and_restores_the_rule():
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "sampled_inference.py"
+    spec = importlib.util.spec_from_file_location("_sampled_inference", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    import adafilter_keras as ak
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = ak.wrap(keras.Model(inputs, keras.layers.Dense(4)(x)), seed=0)
+    (conv,) = [layer for layer in model.layers if isinstance(layer, ak.AdaFilterConv2D)]
+    # Branches that differ, so that the gates change the output.
+    conv.finetuned_kernel.assign(
+        np.random.default_rng(1).normal(size=conv.finetuned_kernel.shape).astype("float32")
+    )
+    images = np.random.default_rng(2).normal(size=(16, 8, 8, 3)).astype("float32")
+
+    def softmax(logits):
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        return shifted / shifted.sum(-1, keepdims=True)
+
+    expected = softmax(model.predict(images, verbose=0))
+    first = script.sampled_probabilities(model, images, 1)
+    second = script.sampled_probabilities(model, images, 1)
+    np.testing.assert_allclose(first.sum(-1), 1.0, rtol=1e-5)
+    assert np.abs(first - second).max() > 1e-3  # fresh draws each pass
+    assert np.abs(first - expected).max() > 1e-3
+    # The expected rule is back afterwards: deterministic, as before.
+    np.testing.assert_allclose(softmax(model.predict(images, verbose=0)), expected, rtol=1e-5)
