@@ -16,6 +16,7 @@ import json
 import pathlib
 import sys
 
+import keras
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from adafilter_keras.layers import gate_controller  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
 from adafilter_keras.transfer.report import paired  # noqa: E402
-from adafilter_keras.transfer.tasks import TASKS  # noqa: E402
+from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
 
 
 def sampled_probabilities(model, images, samples):
@@ -44,8 +45,7 @@ def sampled_probabilities(model, images, samples):
         total = 0.0
         for _ in range(samples):
             logits = model.predict(images, batch_size=256, verbose=0)
-            shifted = np.exp(logits - logits.max(-1, keepdims=True))
-            total = total + shifted / shifted.sum(-1, keepdims=True)
+            total = total + keras.ops.convert_to_numpy(keras.ops.softmax(logits))
     finally:
         gate_controller.sample_gates = original
         model.predict_function = None
@@ -59,14 +59,12 @@ def build_parser():
     parser.add_argument(
         "--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="default: all three"
     )
-    parser.add_argument(
-        "--regime", default="few_shot", choices=("few_shot", "large"), help="default: few_shot"
-    )
+    parser.add_argument("--regime", default="few_shot", choices=REGIMES, help="default: few_shot")
     parser.add_argument(
         "--optimizers",
         nargs="+",
-        default=["own", "sgd"],
-        choices=("own", "sgd"),
+        default=list(benchmark_runs.OPTIMIZERS),
+        choices=benchmark_runs.OPTIMIZERS,
         help="as in the benchmark (default: both)",
     )
     parser.add_argument(
@@ -133,12 +131,12 @@ def main(argv=None):
                 for s in args.seeds
                 if (t, optimizer, s) in done
             ]
-            base = np.array([r[f"{split}_accuracy"] for r in records]) * 100
-            sampled = np.array([r[f"sampled_{split}_accuracy"] for r in records]) * 100
+            base = np.array([r[f"{split}_accuracy"] for r in records])
+            sampled = np.array([r[f"sampled_{split}_accuracy"] for r in records])
             threshold = np.array([r["inference_threshold"][f"{split}_accuracy"] for r in records])
             cells = []
-            for other in (sampled, threshold * 100):
-                mean, half = paired(list(other - base))
+            for other in (sampled, threshold):
+                mean, half = paired(list(100 * (other - base)))
                 cells.append(f"{mean:+.2f} ± {half:.2f}")
             print(f"| {optimizer} | {split} | {cells[0]} | {cells[1]} |")
 
