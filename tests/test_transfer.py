@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from adafilter_keras.transfer import command, report, tasks
-from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings, run_key
+from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings, _Cell, run_key
 from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 pytestmark = pytest.mark.skipif(
@@ -204,6 +204,23 @@ def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_
             command.settings_from(parser.parse_args(["--wrap-settings", text]))
 
 
+def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert "adam" not in command.settings_from(parser.parse_args([])).optimizers
+    chosen = command.settings_from(parser.parse_args(["--optimizers", "adam", "sgd"]))
+    assert chosen.optimizers == ("adam", "sgd")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--optimizers", "adamw"])
+    cell = object.__new__(_Cell)  # the optimizer choice only, without building a model
+    cell.optimizer_name, cell.method, cell.steps = "adam", "adafilter", 150
+    optimizer = cell._optimizer()
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-3)
+    cell.optimizer_name = "sgd"
+    assert type(cell._optimizer()) is keras.optimizers.SGD
+
+
 def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, capsys):
     path = pathlib.Path(__file__).parents[1] / "benchmarks" / "compare_variants.py"
     spec = importlib.util.spec_from_file_location("_compare_variants", path)
@@ -259,3 +276,26 @@ def test_sampled_inference_draws_the_gates_at_inference_and_restores_the_rule():
     assert np.abs(first - expected).max() > 1e-3
     # The expected rule is back afterwards: deterministic, as before.
     np.testing.assert_allclose(softmax(model.predict(images, verbose=0)), expected, rtol=1e-5)
+
+
+def test_own_recipe_takes_away_one_ingredient_of_the_harness_recipe():
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "own_recipe.py"
+    spec = importlib.util.spec_from_file_location("_own_recipe", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cell = object.__new__(_Cell)
+    cell.optimizer_name, cell.method, cell.steps = "own", "adafilter", 200
+    recipe = cell._optimizer()
+    variants = {name: script.recipe_without(name)(cell) for name in script.INGREDIENTS}
+
+    def rate(optimizer, step):
+        return float(keras.ops.convert_to_numpy(optimizer._learning_rate(step)))
+
+    # The recipe decays to zero; without the decay the rate stays at its peak; the warm-up stays.
+    assert rate(recipe, 199) < 1e-4 and rate(variants["constant_rate"], 199) == pytest.approx(0.01)
+    assert rate(variants["constant_rate"], 0) == pytest.approx(rate(recipe, 0))
+    assert recipe.weight_decay_l2 == 1e-4 and variants["no_weight_decay"].weight_decay_l2 == 0.0
+    assert recipe.multipliers and not variants["no_head_multiplier"].multipliers
+    # Everything else as in the recipe.
+    assert variants["no_head_multiplier"].weight_decay_l2 == 1e-4
+    assert rate(variants["no_weight_decay"], 150) == pytest.approx(rate(recipe, 150))

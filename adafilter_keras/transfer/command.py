@@ -6,7 +6,13 @@ import pathlib
 import time
 
 from adafilter_keras.transfer import report
-from adafilter_keras.transfer.runs import METHODS, OPTIMIZERS, Benchmark, BenchmarkSettings
+from adafilter_keras.transfer.runs import (
+    EXTRA_OPTIMIZERS,
+    METHODS,
+    OPTIMIZERS,
+    Benchmark,
+    BenchmarkSettings,
+)
 from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
 from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 from adafilter_keras.wrapping.wrap import check_gate_settings
@@ -48,9 +54,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--optimizers",
         nargs="+",
-        choices=OPTIMIZERS,
+        choices=OPTIMIZERS + EXTRA_OPTIMIZERS,
         help="own: each method's harness recipe; sgd: one plain SGD(0.01, momentum 0.9) for all "
-        f"(default: {' '.join(OPTIMIZERS)})",
+        f"(default: {' '.join(OPTIMIZERS)}); also adam: keras.optimizers.Adam() with its "
+        "defaults, for investigations",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="few-shot seeds (default: 0 1 2 3 4)")
     parser.add_argument(

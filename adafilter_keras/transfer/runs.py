@@ -32,6 +32,10 @@ METHODS = ("finetune", "feature_extraction", "l2sp", "stochastic", "block", "ada
 # "sgd": one plain keras.optimizers.SGD(0.01, momentum=0.9) for every method, as a user would
 # compile it.
 OPTIMIZERS = ("own", "sgd")
+# For investigations (`--optimizers adam`): keras.optimizers.Adam() with Keras's defaults
+# (learning rate 1e-3), the other optimizer a user compiles with; it normalizes each update,
+# so a gradient scale does not speed it up.
+EXTRA_OPTIMIZERS = ("adam",)
 RESULTS = "runs.jsonl"
 # Few-shot runs are short: with Keras's default 0.99 the moving statistics would still be mostly
 # the source's at the end of training, for every method alike.
@@ -46,7 +50,7 @@ class BenchmarkSettings:
         tasks: Task names (`tasks.TASKS`).
         regimes: `few_shot` and/or `large`.
         methods: Method names (`METHODS`).
-        optimizers: `own` and/or `sgd` (`OPTIMIZERS`).
+        optimizers: `own` and/or `sgd` (`OPTIMIZERS`), or `adam` (`EXTRA_OPTIMIZERS`).
         seeds: Seeds of the few-shot regime.
         large_seeds: Seeds of the larger regime.
         shots: Images per class in the few-shot regime.
@@ -268,6 +272,8 @@ class _Cell:
     def _optimizer(self):
         if self.optimizer_name == "sgd":
             return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+        if self.optimizer_name == "adam":
+            return keras.optimizers.Adam()
         # The harness's recipe (TrainConfig defaults), in steps.
         warmup = max(1, self.steps // 20)
         return SGDWithMultipliers(
