@@ -24,7 +24,12 @@ import json
 import pathlib
 import shutil
 
-INGREDIENTS = ("constant_rate", "no_weight_decay", "no_head_multiplier")
+# Each ingredient: the `runs.own_recipe` flag that takes it away.
+INGREDIENTS = {
+    "constant_rate": "cosine",
+    "no_weight_decay": "weight_decay",
+    "no_head_multiplier": "head_multiplier",
+}
 
 
 def build_parser():
@@ -37,7 +42,9 @@ def build_parser():
         help="a benchmark output directory: its `own` runs are the recipe's, its source models "
         "are reused",
     )
-    parser.add_argument("--ingredients", nargs="+", choices=INGREDIENTS, default=list(INGREDIENTS))
+    parser.add_argument(
+        "--ingredients", nargs="+", choices=list(INGREDIENTS), default=list(INGREDIENTS)
+    )
     parser.add_argument("--tasks", nargs="+", default=["domain"])
     parser.add_argument("--regimes", nargs="+", default=["large"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -46,35 +53,21 @@ def build_parser():
 
 def recipe_without(ingredient):
     """`_Cell._optimizer` for the `own` recipe with `ingredient` taken away."""
-    from adafilter_keras.training.methods import HEAD
-    from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
+    from adafilter_keras.transfer.runs import own_recipe
 
-    def optimizer(cell):
-        warmup = max(1, cell.steps // 20)
-        # A step "decay" without boundaries: the warm-up, then the peak to the end.
-        kind = "step" if ingredient == "constant_rate" else "cosine"
-        schedule = WarmupDecay(peak=0.01, total_steps=cell.steps, warmup_steps=warmup, kind=kind)
-        return SGDWithMultipliers(
-            learning_rate=schedule,
-            momentum=0.9,
-            weight_decay_l2=0.0 if ingredient == "no_weight_decay" else 1e-4,
-            multipliers={} if ingredient == "no_head_multiplier" else {f"^{HEAD}/": 10.0},
-        )
-
-    return optimizer
+    flags = {INGREDIENTS[ingredient]: False}
+    return lambda cell: own_recipe(cell.steps, cell.method, **flags)
 
 
 def differences(records, baseline):
     """Per (task, regime): adafilter − finetune, seed by seed, for `records` and `baseline`."""
-    from adafilter_keras.transfer.report import paired as interval
 
     def by(rows):
         return {(r["task"], r["regime"], r["method"], r["seed"]): r for r in rows}
 
     rows, base = by(records), by(baseline)
-    cells = sorted({(t, g) for t, g, _, _ in rows})
     out = []
-    for task, regime in cells:
+    for task, regime in sorted({(t, g) for t, g, _, _ in rows}):
         seeds = sorted(
             s
             for t, g, m, s in rows
@@ -83,30 +76,32 @@ def differences(records, baseline):
             and (task, regime, "adafilter", s) in base
             and (task, regime, "finetune", s) in base
         )
+
         line = {"task": task, "regime": regime, "seeds": seeds}
         for split in ("val", "test"):
-            for name, source in (("ingredient", rows), ("recipe", base)):
-                differences = [
-                    100
-                    * (
-                        source[(task, regime, "adafilter", s)][f"{split}_accuracy"]
-                        - source[(task, regime, "finetune", s)][f"{split}_accuracy"]
-                    )
-                    for s in seeds
-                ]
-                line[f"{name}_{split}"] = interval(differences)
-            line[f"finetune_change_{split}"] = interval(
-                [
-                    100
-                    * (
-                        rows[(task, regime, "finetune", s)][f"{split}_accuracy"]
-                        - base[(task, regime, "finetune", s)][f"{split}_accuracy"]
-                    )
-                    for s in seeds
-                ]
+            metric, cell = f"{split}_accuracy", (task, regime)
+            line[f"ingredient_{split}"] = _gap(
+                rows, "adafilter", rows, "finetune", cell, seeds, metric
+            )
+            line[f"recipe_{split}"] = _gap(base, "adafilter", base, "finetune", cell, seeds, metric)
+            line[f"finetune_change_{split}"] = _gap(
+                rows, "finetune", base, "finetune", cell, seeds, metric
             )
         out.append(line)
     return out
+
+
+def _gap(first, first_method, second, second_method, cell, seeds, metric):
+    """Mean and 95% half-width of `first`'s method minus `second`'s, paired by seed, in points."""
+    from adafilter_keras.transfer.report import paired
+
+    return paired(
+        [
+            100
+            * (first[(*cell, first_method, s)][metric] - second[(*cell, second_method, s)][metric])
+            for s in seeds
+        ]
+    )
 
 
 def main(argv=None):
