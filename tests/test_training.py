@@ -303,6 +303,8 @@ def test_defaults_that_depend_on_other_settings_adapt_and_say_so():
     ]
 
 
+# Slow: two CLI processes, each starting TensorFlow (about a minute).
+@pytest.mark.slow
 @tensorflow_only
 def test_cli_on_a_class_folder_in_a_log_file_prints_one_line_per_epoch(tmp_path):
     from test_data import write_image_folder
