@@ -311,3 +311,46 @@ def test_own_recipe_takes_away_one_ingredient_of_the_harness_recipe():
     # Everything else as in the recipe.
     assert variants["no_head_multiplier"].weight_decay_l2 == 1e-4
     assert rate(variants["no_weight_decay"], 150) == pytest.approx(rate(recipe, 150))
+
+
+def test_training_fit_forces_every_gate_at_inference_and_restores_the_rule():
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "training_fit.py"
+    spec = importlib.util.spec_from_file_location("_training_fit", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    import adafilter_keras as ak
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    plain = keras.Model(inputs, keras.layers.Dense(4)(x))
+    model = ak.wrap(plain, seed=0)
+    (conv,) = [layer for layer in model.layers if isinstance(layer, ak.AdaFilterConv2D)]
+    rng = np.random.default_rng(1)
+    # The branches differ: the fine-tuned one is the pre-trained one plus noise.
+    conv.finetuned_kernel.assign(
+        keras.ops.convert_to_numpy(conv.pretrained_kernel)
+        + rng.normal(size=conv.finetuned_kernel.shape) * 0.5
+    )
+    images = rng.normal(size=(16, 8, 8, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    with script.forced_gates(model, 0.0):
+        pretrained_only = model.predict(images, verbose=0)
+    with script.forced_gates(model, 1.0):
+        finetuned_only = model.predict(images, verbose=0)
+    # All gates on the pre-trained filters: the model it wrapped (its BN statistics as wrapped).
+    np.testing.assert_allclose(pretrained_only, plain.predict(images, verbose=0), atol=1e-4)
+    assert np.abs(finetuned_only - pretrained_only).max() > 1e-2
+    assert np.abs(finetuned_only - expected).max() > 1e-3
+    # The controller's own rule is back afterwards.
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-6)
+    # fit_of scores uint8 images as the benchmark feeds them ([0, 1]).
+    pixels = rng.integers(0, 256, size=(16, 8, 8, 3)).astype("uint8")
+    labels = np.argmax(model.predict(pixels.astype("float32") / 255.0, verbose=0), -1)
+    assert script.fit_of(model, (pixels, labels))["accuracy"] == 1.0
+    assert script.fit_of(model, (pixels, (labels + 1) % 4))["accuracy"] == 0.0
+    with pytest.raises(ValueError, match="no gate controller"):
+        with script.forced_gates(plain, 1.0):
+            pass
