@@ -354,3 +354,14 @@ def test_training_fit_forces_every_gate_at_inference_and_restores_the_rule():
     with pytest.raises(ValueError, match="no gate controller"):
         with script.forced_gates(plain, 1.0):
             pass
+
+
+def test_report_of_finetune_alone_writes_the_table_without_a_figure(tmp_path):
+    (tmp_path / "differences.png").write_bytes(b"stale")
+    records = [_record("finetune", seed, 0.9) for seed in (0, 1)]
+    table = report.write(records, tmp_path)
+    assert "finetune" in table and (tmp_path / "table.md").exists()
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert not (tmp_path / "differences.png").exists()  # no stale figure of another run
+    report.write(records + [_record("adafilter", seed, 0.8) for seed in (0, 1)], tmp_path)
+    assert (tmp_path / "differences.png").exists()

@@ -144,9 +144,11 @@ def run(args, stream=None):
         records = benchmark.run()
     table = report.write(records, pathlib.Path(args.output_dir), note(settings))
     print(table, file=stream)
+    written = "results.json, table.md and differences.png"
+    if not (pathlib.Path(args.output_dir) / "differences.png").exists():
+        written = "results.json and table.md (no figure: no method to pair with finetune)"
     print(
-        f"\n{len(records)} runs; results.json, table.md and differences.png in {args.output_dir} "
-        f"({time.time() - started:.0f} s)",
+        f"\n{len(records)} runs; {written} in {args.output_dir} ({time.time() - started:.0f} s)",
         file=stream,
     )
     return records

@@ -210,13 +210,20 @@ def _method_order(methods):
 
 
 def figure(records, path):
-    """Saves a dot-and-interval plot of each method's paired test difference vs fine-tuning."""
+    """Saves a dot-and-interval plot of each method's paired test difference vs fine-tuning.
+
+    Returns:
+        False, and writes nothing, when no method is paired with fine-tuning (a run of
+        `finetune` alone, or of methods without it); True otherwise.
+    """
+    rows = [r for r in compare(records) if r["method"] != BASELINE]
+    if not rows:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    rows = [r for r in compare(records) if r["method"] != BASELINE]
     optimizers = sorted({r["optimizer"] for r in rows})
     columns = sorted({(r["task"], r["regime"]) for r in rows}, key=_column_order)
     methods = _method_order({r["method"] for r in rows})
@@ -250,10 +257,14 @@ def figure(records, path):
     figure_.tight_layout()
     figure_.savefig(path, dpi=100)
     plt.close(figure_)
+    return True
 
 
 def write(records, output_dir, settings_note=""):
-    """Writes `results.json` (records + comparisons), `table.md` and `differences.png`."""
+    """Writes `results.json` (records + comparisons), `table.md` and `differences.png`.
+
+    The figure is left out (and a stale one removed) when nothing is paired with fine-tuning.
+    """
     import pathlib
 
     output_dir = pathlib.Path(output_dir)
@@ -273,5 +284,7 @@ def write(records, output_dir, settings_note=""):
     (output_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     table = markdown(records, settings_note)
     (output_dir / "table.md").write_text(table + "\n")
-    figure(records, output_dir / "differences.png")
+    plot = output_dir / "differences.png"
+    if not figure(records, plot):
+        plot.unlink(missing_ok=True)
     return table
