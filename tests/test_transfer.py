@@ -234,10 +234,7 @@ def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
 
 
 def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, capsys):
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "compare_variants.py"
-    spec = importlib.util.spec_from_file_location("_compare_variants", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _benchmark_script("compare_variants")
     settings = dataclasses.replace(TINY, variant={"initial_rate": 0.7})
     lines = []
     for variant, seed, accuracy in ((TINY, 0, 0.5), (TINY, 1, 0.6), (settings, 0, 0.6),
@@ -258,19 +255,8 @@ def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, c
 
 
 def test_sampled_inference_draws_the_gates_at_inference_and_restores_the_rule():
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "sampled_inference.py"
-    spec = importlib.util.spec_from_file_location("_sampled_inference", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    import adafilter_keras as ak
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = ak.wrap(keras.Model(inputs, keras.layers.Dense(4)(x)), seed=0)
-    (conv,) = [layer for layer in model.layers if isinstance(layer, ak.AdaFilterConv2D)]
+    script = _benchmark_script("sampled_inference")
+    _, model, conv = _one_gated_conv_model()
     # Branches that differ, so that the gates change the output.
     conv.finetuned_kernel.assign(
         np.random.default_rng(1).normal(size=conv.finetuned_kernel.shape).astype("float32")
@@ -291,10 +277,7 @@ def test_sampled_inference_draws_the_gates_at_inference_and_restores_the_rule():
 
 
 def test_own_recipe_takes_away_one_ingredient_of_the_harness_recipe():
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "own_recipe.py"
-    spec = importlib.util.spec_from_file_location("_own_recipe", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _benchmark_script("own_recipe")
     cell = object.__new__(_Cell)
     cell.optimizer_name, cell.method, cell.steps = "own", "adafilter", 200
     recipe = cell._optimizer()
@@ -314,20 +297,8 @@ def test_own_recipe_takes_away_one_ingredient_of_the_harness_recipe():
 
 
 def test_training_fit_forces_every_gate_at_inference_and_restores_the_rule():
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "training_fit.py"
-    spec = importlib.util.spec_from_file_location("_training_fit", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    import adafilter_keras as ak
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    plain = keras.Model(inputs, keras.layers.Dense(4)(x))
-    model = ak.wrap(plain, seed=0)
-    (conv,) = [layer for layer in model.layers if isinstance(layer, ak.AdaFilterConv2D)]
+    script = _benchmark_script("training_fit")
+    plain, model, conv = _one_gated_conv_model()
     rng = np.random.default_rng(1)
     # The branches differ: the fine-tuned one is the pre-trained one plus noise.
     conv.finetuned_kernel.assign(
@@ -365,3 +336,27 @@ def test_report_of_finetune_alone_writes_the_table_without_a_figure(tmp_path):
     assert not (tmp_path / "differences.png").exists()  # no stale figure of another run
     report.write(records + [_record("adafilter", seed, 0.8) for seed in (0, 1)], tmp_path)
     assert (tmp_path / "differences.png").exists()
+
+
+def _benchmark_script(name):
+    """benchmarks/NAME.py, imported as a module."""
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_{name}", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _one_gated_conv_model():
+    """(plain model, its wrap(), the one AdaFilterConv2D): Conv2D, BN, ReLU, pooling, Dense."""
+    import adafilter_keras as ak
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    plain = keras.Model(inputs, keras.layers.Dense(4)(x))
+    model = ak.wrap(plain, seed=0)
+    (conv,) = [layer for layer in model.layers if isinstance(layer, ak.AdaFilterConv2D)]
+    return plain, model, conv
