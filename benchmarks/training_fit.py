@@ -129,12 +129,11 @@ def main(argv=None):
                 )
                 for seed in todo:
                     record = cell.run(seed)
-                    train, _ = cell.task.sample(args.regime, seed, settings.shots)
+                    train, validation = cell.task.sample(args.regime, seed, settings.shots)
                     fit = fit_of(cell.model, train)
                     record.update(train_loss=fit["loss"], train_accuracy=fit["accuracy"])
                     record["large_epochs"] = epochs
                     if method == "adafilter":
-                        _, validation = cell.task.sample(args.regime, seed, settings.shots)
                         with forced_gates(cell.model, 1.0):
                             record["forced_finetuned_val_accuracy"] = fit_of(
                                 cell.model, validation
@@ -155,8 +154,8 @@ def main(argv=None):
                         f"{100 * fit['accuracy']:.1f}, test {100 * record['test_accuracy']:.1f}",
                         flush=True,
                     )
-    table = write_table(args, [done[_key(args, e, m, s)] for e in epochs_list for m in METHODS
-                               for s in args.seeds])  # fmt: skip
+    keys = [_key(args, e, m, s) for e in epochs_list for m in METHODS for s in args.seeds]
+    table = write_table(args, [done[key] for key in keys])
     print(table)
 
 
