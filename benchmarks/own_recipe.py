@@ -14,7 +14,7 @@ Runs go to OUTPUT_DIR/<ingredient>/runs.jsonl (resumed); the recipe's own runs a
 --baseline-runs (a benchmark output directory) and paired by seed.
 
     python benchmarks/own_recipe.py --output-dir benchmarks/results/own_recipe \\
-        --baseline-runs benchmarks/results/transfer --tasks domain --regimes large
+        --baseline-runs benchmarks/results/transfer_before_session13 --tasks domain --regimes large
 """
 
 import argparse

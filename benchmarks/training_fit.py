@@ -9,7 +9,7 @@ costs, forcing them away would recover the gap. Runs go to OUTPUT_DIR/runs.jsonl
 the table pairs the methods by seed.
 
     python benchmarks/training_fit.py --output-dir benchmarks/results/training_fit \\
-        --sources benchmarks/results/transfer/sources --large-epochs 4 8
+        --sources benchmarks/results/transfer_before_session13/sources --large-epochs 4 8
 """
 
 import argparse
