@@ -360,3 +360,26 @@ def _one_gated_conv_model():
     model = ak.wrap(plain, seed=0)
     (conv,) = [layer for layer in model.layers if isinstance(layer, ak.AdaFilterConv2D)]
     return plain, model, conv
+
+
+def test_gate_estimators_change_the_training_gates_and_leave_inference_alone():
+    script = _benchmark_script("gate_estimators")
+    logits = keras.ops.convert_to_tensor(np.array([[-2.0, -0.5, 0.5, 3.0]], "float32"))
+    probability = 1.0 / (1.0 + np.exp(-keras.ops.convert_to_numpy(logits)))
+    seed = keras.random.SeedGenerator(0)
+
+    def gates(name, training):
+        sample = script.patched(script.ESTIMATORS[name])
+        out = sample(logits, temperature=1.0, seed=seed, training=training)
+        return keras.ops.convert_to_numpy(out)
+
+    # `expected`: the gate's mean in training, the same function as the inference rule.
+    np.testing.assert_allclose(gates("expected", True), probability, rtol=1e-6)
+    # `deterministic`: the hard decision without noise, the same for every draw.
+    np.testing.assert_array_equal(gates("deterministic", True), [[0.0, 0.0, 1.0, 1.0]])
+    # `relaxed`: noisy and soft: strictly between 0 and 1, and different from the mean.
+    relaxed = gates("relaxed", True)
+    assert np.all((relaxed > 0) & (relaxed < 1)) and np.abs(relaxed - probability).max() > 1e-3
+    # Inference is the library's rule whatever the estimator.
+    for name in script.ESTIMATORS:
+        np.testing.assert_allclose(gates(name, False), probability, rtol=1e-6)
