@@ -370,3 +370,12 @@ def test_relative_link_points_to_a_file(page, target):
     assert path.exists(), f"{_relative(page)} links to {target}, which does not exist"
     if anchor and path.suffix == ".md":
         assert anchor in _anchors(path), f"{_relative(page)} links to {target}: no such heading"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_relative)
+def test_every_code_fence_is_closed(page):
+    # An unclosed fence turns the rest of the page into one code block, and the checks above then
+    # skip its commands and links without failing.
+    lines = page.read_text(encoding="utf-8").splitlines()
+    fences = [number for number, line in enumerate(lines, 1) if _FENCE.match(line)]
+    assert len(fences) % 2 == 0, f"{_relative(page)}: a code fence is not closed (lines {fences})"
