@@ -362,8 +362,8 @@ def _one_gated_conv_model():
     return plain, model, conv
 
 
-def test_gate_estimators_change_the_training_gates_and_leave_inference_alone():
-    script = _benchmark_script("gate_estimators")
+def test_probe_estimators_change_the_training_gates_and_leave_inference_alone():
+    script = _benchmark_script("adafilter_probes")
     logits = keras.ops.convert_to_tensor(np.array([[-2.0, -0.5, 0.5, 3.0]], "float32"))
     probability = 1.0 / (1.0 + np.exp(-keras.ops.convert_to_numpy(logits)))
     seed = keras.random.SeedGenerator(0)
@@ -383,3 +383,43 @@ def test_gate_estimators_change_the_training_gates_and_leave_inference_alone():
     # Inference is the library's rule whatever the estimator.
     for name in script.ESTIMATORS:
         np.testing.assert_allclose(gates(name, False), probability, rtol=1e-6)
+
+
+def test_probe_scales_the_finetuned_kernels_gradient_and_nothing_else():
+    import tensorflow as tf
+
+    from adafilter_keras.layers import adafilter_conv2d
+
+    script = _benchmark_script("adafilter_probes")
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(size=(2, 5, 5, 3)), "float32")
+    kernels = [tf.Variable(rng.normal(size=(3, 3, 3, 4)).astype("float32")) for _ in range(2)]
+    options = dict(
+        strides=(1, 1), padding="same", data_format="channels_last", dilation_rate=(1, 1)
+    )
+
+    def run(convolve):
+        with tf.GradientTape() as tape:
+            pretrained, finetuned = convolve(images, kernels, **options)
+            loss = tf.reduce_sum(pretrained**2) + tf.reduce_sum(finetuned**2)
+        return [pretrained, finetuned], tape.gradient(loss, kernels)
+
+    outputs, gradients = run(adafilter_conv2d._convolve)
+    scaled_outputs, scaled_gradients = run(script.scaled_finetuned_gradient(1.5))
+    for plain, scaled in zip(outputs, scaled_outputs, strict=True):
+        np.testing.assert_array_equal(plain.numpy(), scaled.numpy())  # forward unchanged
+    np.testing.assert_allclose(scaled_gradients[0].numpy(), gradients[0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(scaled_gradients[1].numpy(), 1.5 * gradients[1].numpy(), rtol=1e-5)
+
+
+def test_ungated_shortcuts_probe_leaves_exactly_the_projection_shortcuts_ungated():
+    import adafilter_keras as ak
+    from adafilter_keras.training.backbones import small_resnet
+
+    script = _benchmark_script("adafilter_probes")
+    backbone = small_resnet((16, 16, 3), width=4)
+    convs = [layer.name for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    wrapped = ak.wrap(backbone, **script.apply_probe("ungated_shortcuts"))
+    gated = [layer.name for layer in wrapped.layers if isinstance(layer, ak.AdaFilterConv2D)]
+    shortcuts = [name for name in convs if name.endswith("_0_conv")]
+    assert shortcuts and sorted(gated) == sorted(set(convs) - set(shortcuts))

@@ -1,9 +1,9 @@
-"""Does the training-time gate estimator cost AdaFilter accuracy? A paired probe on the benchmark.
+"""What keeps AdaFilter behind fine-tuning? Changes to how it trains, paired with the benchmark.
 
-In training, `sample_gates` draws hard gates with logistic noise (straight-through binary Gumbel),
-so the rest of the network learns under random switching between the two branches, as under
-dropout, and the inference rule (`expected`) never saw the noise. This script trains AdaFilter as
-the benchmark does with another estimator patched in for training (inference unchanged):
+Each probe trains AdaFilter exactly as the transfer benchmark does with one thing changed, and
+pairs every run with the benchmark's `finetune` and default `adafilter` runs (same source
+models, seeds, images and order). Probes of the training-time gate estimator (inference is
+unchanged; in training the library draws hard gates with logistic noise, straight-through):
 
 * `expected`: no noise, no hard decision: the gate is `sigmoid(logit)` in training too, the same
   function as the `expected` inference rule (training and inference compute the same network,
@@ -13,13 +13,19 @@ the benchmark does with another estimator patched in for training (inference unc
 * `relaxed`: the noisy relaxed gate `sigmoid((logit + noise) / temperature)` as the forward value
   (binary Concrete, no hard decision).
 
-Finetune runs, AdaFilter's default runs and the source models are read from --baseline-runs (a
-benchmark output directory), so every difference is paired run by run. Runs go to
-OUTPUT_DIR/runs.jsonl (resumed); the table pairs the probe with fine-tuning and with the default
-estimator.
+Probes of how fast the network fits (the losing cell underfits, docs/evidence.md):
 
-    python benchmarks/gate_estimators.py --estimator expected \
-        --output-dir benchmarks/results/gate_estimators/expected \
+* `finetuned_gradient_x1.5`: the fine-tuned kernels' gradient times 1.5, about the inverse of
+  the rate at which the gates pick them (a fine-tuned filter learns only from the examples that
+  picked it, as if at that fraction of the learning rate);
+* `ungated_shortcuts`: the 1x1 projection shortcuts (`*_0_conv`) not gated (`wrap(exclude=)`):
+  plain fine-tuned convolutions; their gates stay near 0.5 in most cells.
+
+Runs go to OUTPUT_DIR/runs.jsonl (resumed); the table pairs the probe with fine-tuning and with
+the default AdaFilter.
+
+    python benchmarks/adafilter_probes.py --probe expected \
+        --output-dir benchmarks/results/adafilter_probes/expected \
         --baseline-runs benchmarks/results/transfer
 """
 
@@ -32,10 +38,11 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adafilter_keras.layers import gate_controller, gate_sampling  # noqa: E402
+from adafilter_keras.layers import adafilter_conv2d, gate_controller, gate_sampling  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
 from adafilter_keras.transfer.report import overall, pair_methods  # noqa: E402
 from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
+from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS  # noqa: E402
 
 
 def expected(logits, *, temperature, seed, training, inference="expected"):
@@ -85,12 +92,36 @@ def patched(estimator):
     return sample_gates
 
 
+def scaled_finetuned_gradient(scale):
+    """`AdaFilterConv2D`'s convolution with the fine-tuned kernel's gradient times `scale`."""
+    original = adafilter_conv2d._convolve
+
+    def convolve(inputs, kernels, **options):
+        pretrained, finetuned = kernels
+        finetuned = gate_sampling.scale_gradient(finetuned, scale)
+        return original(inputs, (pretrained, finetuned), **options)
+
+    return convolve
+
+
+def apply_probe(name):
+    """Patches the library for probe `name`; returns the `wrap()` settings the probe adds."""
+    if name in ESTIMATORS:
+        gate_controller.sample_gates = patched(ESTIMATORS[name])
+    elif name == "finetuned_gradient_x1.5":
+        adafilter_conv2d._convolve = scaled_finetuned_gradient(1.5)
+    elif name == "ungated_shortcuts":
+        return {"exclude": ".*_0_conv"}
+    return {}
+
+
+PROBES = (*ESTIMATORS, "finetuned_gradient_x1.5", "ungated_shortcuts")
+
+
 def build_parser():
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--estimator", required=True, choices=sorted(ESTIMATORS), help="the training estimator"
-    )
+    parser.add_argument("--probe", required=True, choices=PROBES, help="what to change")
     parser.add_argument("--output-dir", required=True, help="where runs.jsonl goes (resumed)")
     parser.add_argument(
         "--baseline-runs",
@@ -114,8 +145,12 @@ def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _is_default(record):
+    return json.loads(record["key"])["variant"] == WRAP_DEFAULTS
+
+
 def main(argv=None):
-    """Runs AdaFilter with the patched estimator and prints the paired table."""
+    """Runs AdaFilter under the probe and prints the paired table."""
     args = build_parser().parse_args(argv)
     output, baseline = pathlib.Path(args.output_dir), pathlib.Path(args.baseline_runs)
     if not (baseline / "runs.jsonl").exists():
@@ -123,26 +158,24 @@ def main(argv=None):
     output.mkdir(parents=True, exist_ok=True)
     if not (output / "sources").exists():
         shutil.copytree(baseline / "sources", output / "sources")
-    gate_controller.sample_gates = patched(ESTIMATORS[args.estimator])
     settings = benchmark_runs.BenchmarkSettings(
         tasks=tuple(args.tasks),
         regimes=tuple(args.regimes),
         methods=("adafilter",),
         optimizers=tuple(args.optimizers),
+        variant=apply_probe(args.probe),
     )
     probe = benchmark_runs.Benchmark(settings, output).run()
-    keys = {record["key"] for record in probe}
     cells = {(r["task"], r["regime"], r["optimizer"]) for r in probe}
     base = [
         r
         for r in _records(baseline / "runs.jsonl")
-        if r["method"] in ("finetune", "adafilter")
-        and (r["task"], r["regime"], r["optimizer"]) in cells
-        and (r["method"] == "finetune" or r["key"] in keys)
+        if (r["task"], r["regime"], r["optimizer"]) in cells
+        and (r["method"] == "finetune" or (r["method"] == "adafilter" and _is_default(r)))
     ]
     probe = [dict(r, method="probe") for r in probe]
-    print(f"AdaFilter trained with the {args.estimator!r} estimator, points (mean ± 95% interval)")
-    print("| optimizer | split | probe − finetune | probe − default estimator | cells |")
+    print(f"AdaFilter under the probe {args.probe!r}, points (mean ± 95% interval)")
+    print("| optimizer | split | probe − finetune | probe − default adafilter | cells |")
     print("|---|---|---|---|---|")
     for optimizer in args.optimizers:
         for metric in ("val_accuracy", "test_accuracy"):
