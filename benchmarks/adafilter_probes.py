@@ -141,10 +141,6 @@ def build_parser():
     return parser
 
 
-def _records(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _is_default(record):
     return json.loads(record["key"])["variant"] == WRAP_DEFAULTS
 
@@ -153,7 +149,7 @@ def main(argv=None):
     """Runs AdaFilter under the probe and prints the paired table."""
     args = build_parser().parse_args(argv)
     output, baseline = pathlib.Path(args.output_dir), pathlib.Path(args.baseline_runs)
-    if not (baseline / "runs.jsonl").exists():
+    if not (baseline / benchmark_runs.RESULTS).exists():
         raise SystemExit(f"No runs.jsonl in --baseline-runs {baseline}: run the benchmark first.")
     output.mkdir(parents=True, exist_ok=True)
     if not (output / "sources").exists():
@@ -169,7 +165,7 @@ def main(argv=None):
     cells = {(r["task"], r["regime"], r["optimizer"]) for r in probe}
     base = [
         r
-        for r in _records(baseline / "runs.jsonl")
+        for r in benchmark_runs.Benchmark(settings, baseline).done().values()
         if (r["task"], r["regime"], r["optimizer"]) in cells
         and (r["method"] == "finetune" or (r["method"] == "adafilter" and _is_default(r)))
     ]
@@ -179,14 +175,14 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for optimizer in args.optimizers:
         for metric in ("val_accuracy", "test_accuracy"):
-            columns = []
-            for other in ("finetune", "adafilter"):
-                rows = [
+            columns = [
+                [
                     row
                     for row in pair_methods(probe + base, "probe", other, metric)
                     if row["optimizer"] == optimizer
                 ]
-                columns.append(rows)
+                for other in ("finetune", "adafilter")
+            ]
             means = [overall(rows) for rows in columns]
             per_cell = ", ".join(
                 f"{row['task']} {row['regime']} {row['difference']:+.1f}" for row in columns[0]
