@@ -151,6 +151,35 @@ def test_fit_moves_only_the_finetuned_side_the_controller_and_the_head(rng):
     ), sorted(trainable)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="a PyTorch memory layout (the torch tox env)"
+)
+def test_torch_kernels_stay_out_channel_major_through_fit_and_loading(tmp_path, rng):
+    # AdaFilterConv2D stores its kernels in the layout PyTorch's channels-last convolution reads,
+    # so that no step copies them; a copy anywhere (optimizer, loading) would silently cost that.
+    def layouts(model):
+        kernels = [
+            kernel.value
+            for layer in model._flatten_layers()
+            if isinstance(layer, ak.AdaFilterConv2D)
+            for kernel in (layer.pretrained_kernel, layer.finetuned_kernel)
+        ]
+        assert len({kernel.data_ptr() for kernel in kernels}) == len(kernels)
+        return {kernel.permute(3, 0, 1, 2).is_contiguous() for kernel in kernels}
+
+    wrapped = ak.wrap(build_plain_resnet(), seed=1)
+    assert layouts(wrapped) == {True}
+    wrapped.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.losses.MeanSquaredError())
+    wrapped.fit(_images(8), rng.normal(size=(8, 4)), batch_size=4, epochs=1, verbose=0)
+    assert layouts(wrapped) == {True}
+    path = str(tmp_path / "wrapped.keras")
+    wrapped.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert layouts(loaded) == {True}
+    for before, after in zip(wrapped.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(before), to_numpy(after))
+
+
 def test_targets_and_exclude_by_name_regex_and_callable():
     model = build_plain_resnet()
 
