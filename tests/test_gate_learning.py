@@ -128,3 +128,18 @@ def test_gate_report_measures_input_dependence_and_agreement(rng):
     assert 0.0 < report["fraction_finetuned"] < 1.0
     controller.reset_gate_statistics()
     assert np.isnan(controller.gate_report()[0]["fraction_finetuned"])
+
+
+def test_probability_spread_is_the_mean_over_filters_of_the_batch_standard_deviation(rng):
+    # Without input normalization, the inference gate under "expected" is the training
+    # probability sigmoid(logit) of the same batch.
+    controller = _controller(inference="expected")
+    x = keras.ops.convert_to_tensor(rng.normal(size=(64, 6, 6, 2)).astype("float32"))
+    controller(x, index=0, training=True)
+    probability = to_numpy(controller(x, index=0, training=False)[0])
+    assert probability.std(axis=0).mean() > 1e-3
+    np.testing.assert_allclose(
+        controller.gate_report()[0]["probability_spread"],
+        probability.std(axis=0).mean(),
+        rtol=1e-4,
+    )

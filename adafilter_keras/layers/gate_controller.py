@@ -263,7 +263,10 @@ class GateController(keras.layers.Layer):
         inferred = decisions if thresholded else probability
         decided = ops.mean(decisions, axis=0)
         disagreement = ops.mean(2.0 * decided * (1.0 - decided))
-        spread = ops.mean(ops.std(probability, axis=0))
+        # The standard deviation over the batch, written out: PyTorch's `std` over the batch axis
+        # took 0.66 ms for 2048 filters, most of the instruments' time (this: 0.15 ms).
+        centred = probability - ops.mean(probability, axis=0)
+        spread = ops.mean(ops.sqrt(ops.mean(centred * centred, axis=0)))
         agreement = 1.0 - ops.mean(ops.abs(gate - inferred))
         batch_sums = ops.stack([ops.ones(()), disagreement, spread, agreement]) * batch
         self.report_sums[index].assign_add(batch_sums)
