@@ -305,9 +305,10 @@ def _stored_kernel(value):
 
     The variable keeps its `(height, width, in, out)` shape on every backend (weights files do
     not change), but on PyTorch its memory is the layout `_convolve` hands to the convolution,
-    so neither the forward pass nor the weight gradient copies a kernel (measured: a ResNet50
-    step at 64 px, 1.99x -> 1.61x fine-tuning's; docs/performance.md). Assignments, gradients
-    (PyTorch lays them out as their parameter) and in-place optimizer updates keep the layout.
+    so neither the forward pass nor the weight gradient copies a kernel (measured in one
+    process: a ResNet50 step at 64 px, 1.95x -> 1.69x fine-tuning's; docs/performance.md).
+    Assignments, gradients (PyTorch lays them out as their parameter) and in-place optimizer
+    updates keep the layout.
     """
     if keras.backend.backend() != "torch":
         return ops.copy(value)
