@@ -216,6 +216,21 @@ def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_
             command.settings_from(parser.parse_args(["--wrap-settings", text]))
 
 
+def test_image_size_flag_is_part_of_every_run_and_refuses_tiny_images():
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    default = command.settings_from(parser.parse_args([]))
+    sharper = command.settings_from(parser.parse_args(["--image-size", "32"]))
+    assert default.image_size == 16 and sharper.image_size == 32
+    for method in ("finetune", "adafilter"):
+        assert run_key(sharper, "digits", "few_shot", method, "sgd", 0) != run_key(
+            default, "digits", "few_shot", method, "sgd", 0
+        )
+    assert "at 32 px" in command.note(sharper)
+    with pytest.raises(ValueError, match=re.escape("`--image-size` must be >= 8")):
+        command.settings_from(parser.parse_args(["--image-size", "4"]))
+
+
 def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
@@ -336,6 +351,14 @@ def test_report_of_finetune_alone_writes_the_table_without_a_figure(tmp_path):
     assert not (tmp_path / "differences.png").exists()  # no stale figure of another run
     report.write(records + [_record("adafilter", seed, 0.8) for seed in (0, 1)], tmp_path)
     assert (tmp_path / "differences.png").exists()
+
+
+def test_learned_vs_random_table_only_where_both_were_run():
+    records = [_record(m, s, a) for m, a in (("finetune", 0.9), ("adafilter", 0.8)) for s in (0, 1)]
+    assert "Learned gates vs random gates" not in report.markdown(records)
+    both = records + [_record("stochastic", seed, 0.7) for seed in (0, 1)]
+    table = report.markdown(both)
+    assert "Learned gates vs random gates" in table and "nan" not in table
 
 
 def _benchmark_script(name):

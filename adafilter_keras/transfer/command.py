@@ -65,6 +65,12 @@ def add_arguments(parser):
     )
     parser.add_argument("--shots", type=int, help="few-shot images per class (default: 10)")
     parser.add_argument(
+        "--image-size",
+        type=int,
+        help="image side in pixels, for the source models (pre-trained anew at that size) and "
+        "the targets (default: 16; at 32 a run costs about 2-3 times as much)",
+    )
+    parser.add_argument(
         "--wrap-settings",
         metavar="JSON",
         help="wrap() settings for the gated methods instead of its defaults, as a JSON object, "
@@ -78,16 +84,33 @@ def add_arguments(parser):
     )
 
 
+# The BenchmarkSettings fields that a flag of the same name overrides.
+_FLAG_SETTINGS = (
+    "tasks",
+    "regimes",
+    "methods",
+    "optimizers",
+    "seeds",
+    "large_seeds",
+    "shots",
+    "image_size",
+)
+
+
 def settings_from(args):
     """The `BenchmarkSettings` the flags ask for."""
     settings = PRESETS["quick" if args.quick else "full"]
     overrides = {
         name: tuple(value) if isinstance(value, list) else value
-        for name in ("tasks", "regimes", "methods", "optimizers", "seeds", "large_seeds", "shots")
+        for name in _FLAG_SETTINGS
         if (value := getattr(args, name, None)) is not None
     }
     if "shots" in overrides and overrides["shots"] < 1:
         raise ValueError(f"`--shots` must be >= 1. Received: {overrides['shots']}")
+    if "image_size" in overrides and overrides["image_size"] < 8:
+        raise ValueError(
+            f"`--image-size` must be >= 8 (pixels). Received: {overrides['image_size']}"
+        )
     if getattr(args, "wrap_settings", None):
         overrides["variant"] = wrap_settings(args.wrap_settings)
     return dataclasses.replace(settings, **overrides)

@@ -138,8 +138,13 @@ def markdown(records, settings_note=""):
                 summary = "—" if method == BASELINE else f"{mean:+.2f} ± {interval:.2f}"
                 lines.append(f"| {method} | " + " | ".join(parts) + f" | {summary} |")
             lines.append("")
+    # Only the cells that have both methods (a run of some methods has no random gates).
     learned = {
-        split: pair_methods(records, "adafilter", "stochastic", metric)
+        split: [
+            row
+            for row in pair_methods(records, "adafilter", "stochastic", metric)
+            if not math.isnan(row["difference"])
+        ]
         for split, metric in (("test", "test_accuracy"), ("validation", "val_accuracy"))
     }
     if learned["test"]:
