@@ -62,10 +62,18 @@ def compare(records, metric="test_accuracy", baseline=BASELINE):
 
 
 def pair_methods(records, method, other, metric="test_accuracy"):
-    """Like `compare` for one pair: `method - other` per (task, regime, optimizer)."""
+    """Like `compare` for one pair: `method - other` per (task, regime, optimizer).
+
+    Only the cells where both methods have a run of the same seed (a benchmark of some methods
+    may have no `other` runs at all).
+    """
     kept = [r for r in records if r["method"] in (method, other)]
     renamed = [dict(r, method=BASELINE if r["method"] == other else r["method"]) for r in kept]
-    return [row for row in compare(renamed, metric) if row["method"] == method]
+    return [
+        row
+        for row in compare(renamed, metric)
+        if row["method"] == method and not math.isnan(row["difference"])
+    ]
 
 
 def overall(rows):
@@ -138,13 +146,8 @@ def markdown(records, settings_note=""):
                 summary = "—" if method == BASELINE else f"{mean:+.2f} ± {interval:.2f}"
                 lines.append(f"| {method} | " + " | ".join(parts) + f" | {summary} |")
             lines.append("")
-    # Only the cells that have both methods (a run of some methods has no random gates).
     learned = {
-        split: [
-            row
-            for row in pair_methods(records, "adafilter", "stochastic", metric)
-            if not math.isnan(row["difference"])
-        ]
+        split: pair_methods(records, "adafilter", "stochastic", metric)
         for split, metric in (("test", "test_accuracy"), ("validation", "val_accuracy"))
     }
     if learned["test"]:
