@@ -12,6 +12,7 @@ from support import (
 )
 
 import adafilter_keras as ak
+from adafilter_keras.wrapping.graph import sublayers
 
 apps = keras.applications
 
@@ -160,7 +161,7 @@ def test_torch_kernels_stay_out_channel_major_through_fit_and_loading(tmp_path, 
     def layouts(model):
         kernels = [
             kernel.value
-            for layer in model._flatten_layers()
+            for layer in sublayers(model)
             if isinstance(layer, ak.AdaFilterConv2D)
             for kernel in (layer.pretrained_kernel, layer.finetuned_kernel)
         ]
