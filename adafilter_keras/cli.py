@@ -426,7 +426,7 @@ def _add_benchmark(commands):
         "(MNIST 0-4 -> 5-9) and domain (MNIST -> MNIST blended with photographs), few-shot and "
         "larger, with finetune, feature_extraction, l2sp, stochastic, block and adafilter, each "
         "under its own recipe (own) and under one plain SGD (sgd). Prints and writes the mean "
-        "paired difference of every method against finetune with its 95%% interval. Offline; "
+        "paired difference of every method against finetune with its 95% interval. Offline; "
         "runs are appended to runs.jsonl as they finish, and the same command resumes.",
     )
     command.add_arguments(benchmark)

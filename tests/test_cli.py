@@ -52,3 +52,15 @@ def test_every_command_takes_verbose():
     for command in (["train", "--dataset", "uci_digits"], ["tune", "--dataset", "uci_digits"],
                     ["demo"], ["benchmark"], ["compare", "runs"], ["datasets"]):  # fmt: skip
         assert build_parser().parse_args([*command, "--verbose"]).verbose is True
+
+
+def test_every_command_help_shows_percent_signs_once():
+    import argparse
+
+    from adafilter_keras.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    texts = {name: sub.format_help() for name, sub in commands.choices.items()}
+    assert "95% interval" in texts["benchmark"]
+    assert not [name for name, text in texts.items() if "%%" in text]
