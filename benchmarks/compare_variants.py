@@ -1,9 +1,10 @@
 """AdaFilter under other wrap() settings against AdaFilter under the defaults, paired by seed.
 
 Reads the runs that `adafilter-keras benchmark` (with and without `--wrap-settings`) appended
-to OUTPUT_DIR/runs.jsonl and prints, per optimizer and split, the mean over cells of the paired
-difference `adafilter(settings) - adafilter(defaults)` with its 95% interval, and each cell's.
-Runs nothing.
+to OUTPUT_DIR/runs.jsonl (and, with `--baseline-runs`, to another directory's, so that the
+baseline runs need not be copied) and prints, per optimizer and split, the mean over cells of
+the paired difference `adafilter(settings) - adafilter(defaults)` with its 95% interval, and
+each cell's. Runs nothing.
 
     python benchmarks/compare_variants.py --output-dir benchmarks/results/transfer_normalized \
         --wrap-settings '{"normalize_controller_inputs": true}'
@@ -27,6 +28,12 @@ def build_parser():
         metavar="JSON",
         help="the settings compared against (default: wrap()'s defaults)",
     )
+    parser.add_argument(
+        "--baseline-runs",
+        metavar="DIR",
+        help="also read the runs.jsonl of this benchmark output directory (for example the "
+        "committed benchmark's, for its default adafilter runs)",
+    )
     return parser
 
 
@@ -41,9 +48,17 @@ def main(argv=None):
         return {**DEFAULTS, **wrap_settings(text)}
 
     variant, baseline = resolved(args.wrap_settings), resolved(args.baseline)
+    directories = [args.output_dir] + ([args.baseline_runs] if args.baseline_runs else [])
+    runs = {}  # by key: a run in both directories counts once
+    for directory in directories:
+        path = pathlib.Path(directory) / "runs.jsonl"
+        if not path.exists():
+            raise SystemExit(f"No runs.jsonl in {directory}: run the benchmark there first.")
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            runs[record["key"]] = record
     records = []
-    for line in (pathlib.Path(args.output_dir) / "runs.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in runs.values():
         settings = json.loads(record["key"])["variant"]
         if record["method"] != "adafilter" or settings not in (variant, baseline):
             continue

@@ -264,6 +264,17 @@ def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, c
     out = capsys.readouterr().out
     # Seeds 0 and 1 pair up: +10 and +20 points; seed 2 has no partner.
     assert "test_accuracy sgd: +15.00 ± 63.53" in out
+    # The same with the default runs in another directory, one of them in both.
+    variant_dir, baseline_dir = tmp_path / "variant", tmp_path / "baseline"
+    variant_dir.mkdir(), baseline_dir.mkdir()
+    (variant_dir / "runs.jsonl").write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    (baseline_dir / "runs.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    script.main(["--output-dir", str(variant_dir), "--baseline-runs", str(baseline_dir),
+                 "--wrap-settings", '{"initial_rate": 0.7}'])  # fmt: skip
+    assert "test_accuracy sgd: +15.00 ± 63.53" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="No runs.jsonl in"):
+        script.main(["--output-dir", str(variant_dir), "--baseline-runs", str(tmp_path / "none"),
+                     "--wrap-settings", '{"initial_rate": 0.7}'])  # fmt: skip
     with pytest.raises(SystemExit, match="No adafilter runs"):
         script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.1}',
                      "--baseline", '{"initial_rate": 0.2}'])  # fmt: skip
