@@ -71,6 +71,12 @@ def add_arguments(parser):
         "the targets (default: 16; at 32 a run costs about 2-3 times as much)",
     )
     parser.add_argument(
+        "--source-epochs",
+        type=int,
+        help="epochs of source pre-training (default: 6); the source models are pre-trained "
+        "anew for another value, and it is part of every run's identity",
+    )
+    parser.add_argument(
         "--wrap-settings",
         metavar="JSON",
         help="wrap() settings for the gated methods instead of its defaults, as a JSON object, "
@@ -94,6 +100,7 @@ _FLAG_SETTINGS = (
     "large_seeds",
     "shots",
     "image_size",
+    "source_epochs",
 )
 
 
@@ -111,6 +118,8 @@ def settings_from(args):
         raise ValueError(
             f"`--image-size` must be >= 8 (pixels). Received: {overrides['image_size']}"
         )
+    if "source_epochs" in overrides and overrides["source_epochs"] < 1:
+        raise ValueError(f"`--source-epochs` must be >= 1. Received: {overrides['source_epochs']}")
     if getattr(args, "wrap_settings", None):
         overrides["variant"] = wrap_settings(args.wrap_settings)
     return dataclasses.replace(settings, **overrides)
