@@ -231,6 +231,21 @@ def test_image_size_flag_is_part_of_every_run_and_refuses_tiny_images():
         command.settings_from(parser.parse_args(["--image-size", "4"]))
 
 
+def test_source_epochs_flag_is_part_of_every_run_and_refuses_zero():
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    default = command.settings_from(parser.parse_args([]))
+    longer = command.settings_from(parser.parse_args(["--source-epochs", "24"]))
+    assert default.source_epochs == 6 and longer.source_epochs == 24
+    for method in ("finetune", "adafilter"):
+        assert run_key(longer, "digits", "few_shot", method, "sgd", 0) != run_key(
+            default, "digits", "few_shot", method, "sgd", 0
+        )
+    assert "for 24 epochs" in command.note(longer)
+    with pytest.raises(ValueError, match=re.escape("`--source-epochs` must be >= 1")):
+        command.settings_from(parser.parse_args(["--source-epochs", "0"]))
+
+
 def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
@@ -457,3 +472,63 @@ def test_ungated_shortcuts_probe_leaves_exactly_the_projection_shortcuts_ungated
     gated = [layer.name for layer in wrapped.layers if isinstance(layer, ak.AdaFilterConv2D)]
     shortcuts = [name for name in convs if name.endswith("_0_conv")]
     assert shortcuts and sorted(gated) == sorted(set(convs) - set(shortcuts))
+
+
+def test_gate_gradient_is_zero_while_the_branches_are_equal_and_per_example_after():
+    script = _benchmark_script("gate_gradient")
+    _, model, conv = _one_gated_conv_model()
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(12, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 4, size=12)
+    original = script.gate_controller.sample_gates
+    ((gates, gradient, logits),) = script.gate_gradients(model, images, labels, batch_size=4)
+    assert gates.shape == gradient.shape == logits.shape == (12, 8)
+    assert set(np.unique(gates)) <= {0.0, 1.0}  # training-mode draws
+    np.testing.assert_array_equal(gradient, 0.0)  # F = S: the gate changes nothing
+    conv.finetuned_kernel.assign(rng.normal(size=conv.finetuned_kernel.shape).astype("float32"))
+    ((_, gradient, _),) = script.gate_gradients(model, images, labels, batch_size=4)
+    assert (np.abs(gradient) > 1e-6).mean() > 0.5
+    assert script.gate_controller.sample_gates is original  # restored
+    summary = script.summarize((gates, gradient, logits), bias=np.zeros(8))
+    assert summary["mean_gradient"] == pytest.approx(float(gradient.mean()))
+    assert 0.0 <= summary["filters_t_below_minus2"] + summary["filters_t_above_2"] <= 1.0
+
+
+def test_controller_constant_rate_probe_keeps_only_the_controller_at_the_peak_rate():
+    from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
+
+    script = _benchmark_script("adafilter_probes")
+    schedule = WarmupDecay(peak=0.01, total_steps=100, warmup_steps=5, kind="cosine")
+    optimizer = SGDWithMultipliers(learning_rate=schedule, momentum=0.0)
+    controller = keras.Variable(np.zeros(3, "float32"), name="gate_controller_bias")
+    other = keras.Variable(np.zeros(3, "float32"), name="conv_bias")
+    optimizer.build([controller, other])
+    optimizer.iterations.assign(80)
+    rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    assert 0.0 < rate < 0.005
+    apply = script.controller_at_peak_rate(0.01)
+    apply(optimizer, [np.ones(3, "float32")] * 2, [controller, other])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(controller), -0.01, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(other), -rate, rtol=1e-5)
+
+
+def test_head_bias_probe_speeds_up_only_the_controller_heads_biases():
+    script = _benchmark_script("adafilter_probes")
+    optimizer_for = script.faster_head_biases(10.0)
+    cell = object.__new__(_Cell)
+    cell.method, cell.steps = "adafilter", 100
+
+    class Path:
+        def __init__(self, path):
+            self.path = path
+
+    for name in ("own", "sgd"):
+        cell.optimizer_name = name
+        optimizer = optimizer_for(cell)
+        assert optimizer.multiplier_for(Path("gate_controller/head_3/bias")) == 10.0
+        assert optimizer.multiplier_for(Path("gate_controller/head_3/kernel")) == 1.0
+        assert optimizer.multiplier_for(Path("conv1_conv/finetuned_kernel")) == 1.0
+    assert optimizer.get_config()["momentum"] == 0.9
+    cell.optimizer_name = "adam"
+    with pytest.raises(SystemExit, match="own and sgd"):
+        optimizer_for(cell)

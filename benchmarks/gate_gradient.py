@@ -1,0 +1,163 @@
+"""Where do the gates stand at the end of training, and what does their gradient say?
+
+Trains AdaFilter exactly as the transfer benchmark does (one cell, the benchmark's source
+models) and then, on the run's training images in the benchmark's batches of 16 (training-mode
+forward passes: noisy hard gates, batch statistics), records for every gated layer, per example
+and filter, the gate, the gradient of the loss with respect to the gate (`dL/dg`: negative
+means the fine-tuned filter would lower the loss) and the gate's logit. It prints, per layer,
+the mean of `dL/dg` against its per-example size, how many filters' mean gradient is
+significant (|t| > 2), and how the logits split into the heads' biases (one per filter) and the
+part that depends on the input. Results go to OUTPUT_DIR/gate_gradient.json. TensorFlow only.
+
+    python benchmarks/gate_gradient.py --output-dir benchmarks/results/gate_gradient \\
+        --sources benchmarks/results/transfer/sources --task domain --regime large --seeds 0 1 2
+"""
+
+import argparse
+import contextlib
+import json
+import pathlib
+import shutil
+import sys
+
+import keras
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adafilter_keras.inspection import controller_or_none  # noqa: E402
+from adafilter_keras.layers import gate_controller  # noqa: E402
+from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
+from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
+
+
+@contextlib.contextmanager
+def recorded_gates():
+    """Inside the block, every gate the controllers draw is appended, with its logits."""
+    original = gate_controller.sample_gates
+    recorded = []
+
+    def sample_gates(logits, **options):
+        gates = original(logits, **options)
+        recorded.append((gates, logits))
+        return gates
+
+    gate_controller.sample_gates = sample_gates
+    try:
+        yield recorded
+    finally:
+        gate_controller.sample_gates = original
+
+
+def gate_gradients(model, images, labels, batch_size):
+    """Per gated layer: gates, per-example `dL/dg` and logits, each `(examples, filters)`.
+
+    Training-mode forward passes over `images` in batches of `batch_size`, with the model's
+    softmax cross-entropy from logits; `dL/dg` is the gradient of the batch's summed loss with
+    respect to each example's gate (batch statistics couple the examples of a batch).
+    """
+    import tensorflow as tf
+
+    batches = []
+    for start in range(0, len(images), batch_size):
+        with recorded_gates() as recorded, tf.GradientTape() as tape:
+            logits = model(images[start : start + batch_size], training=True)
+            loss = tf.reduce_sum(
+                keras.losses.sparse_categorical_crossentropy(
+                    labels[start : start + batch_size], logits, from_logits=True
+                )
+            )
+        gradients = tape.gradient(loss, [gates for gates, _ in recorded])
+        batches.append(
+            [
+                (gates.numpy(), gradient.numpy(), gate_logits.numpy())
+                for (gates, gate_logits), gradient in zip(recorded, gradients, strict=True)
+            ]
+        )
+    return [
+        tuple(np.concatenate([batch[layer][part] for batch in batches]) for part in range(3))
+        for layer in range(len(batches[0]))
+    ]
+
+
+def summarize(layer, bias):
+    """One gated layer's statistics from `gate_gradients`' `(gates, gradient, logits)`."""
+    gates, gradient, logits = layer
+    mean = gradient.mean(0)
+    t = mean / (gradient.std(0) / np.sqrt(len(gradient)) + 1e-12)
+    return {
+        "fraction_finetuned": float(gates.mean()),
+        "mean_gradient": float(gradient.mean()),
+        "mean_abs_gradient": float(np.abs(gradient).mean()),
+        "filters_t_below_minus2": float(np.mean(t < -2)),
+        "filters_t_above_2": float(np.mean(t > 2)),
+        "mean_logit": float(logits.mean()),
+        "mean_bias": float(np.mean(bias)),
+        "logit_sd_over_examples": float(logits.std(0).mean()),
+        "bias_sd_over_filters": float(np.std(bias)),
+    }
+
+
+def build_parser():
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", required=True, help="where gate_gradient.json goes")
+    parser.add_argument(
+        "--sources", required=True, help="the benchmark's source models (its sources/ directory)"
+    )
+    parser.add_argument("--task", default="domain", choices=TASKS)
+    parser.add_argument("--regime", default="large", choices=REGIMES)
+    parser.add_argument("--optimizer", default="own", choices=benchmark_runs.OPTIMIZERS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--examples", type=int, default=2048, help="training images to read (default: 2048)"
+    )
+    return parser
+
+
+def main(argv=None):
+    """Trains each seed, records the gates' gradients, prints and writes the table."""
+    args = build_parser().parse_args(argv)
+    output = pathlib.Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    if not (output / "sources").exists():
+        shutil.copytree(args.sources, output / "sources")
+    settings = benchmark_runs.BenchmarkSettings(
+        tasks=(args.task,), regimes=(args.regime,), methods=("adafilter",)
+    )
+    cell = benchmark_runs._Cell(
+        settings, output, args.task, args.regime, "adafilter", args.optimizer, print
+    )
+    results = []
+    for seed in args.seeds:
+        with benchmark_runs._deterministic():
+            record = cell.run(seed)
+        train, _ = cell.task.sample(args.regime, seed, settings.shots)
+        images = benchmark_runs._floats(train[0][: args.examples])
+        layers = gate_gradients(cell.model, images, train[1][: args.examples], settings.batch_size)
+        controller = controller_or_none(cell.model)
+        biases = [keras.ops.convert_to_numpy(head.bias) for head in controller.heads]
+        summary = [summarize(layer, bias) for layer, bias in zip(layers, biases, strict=True)]
+        results.append({"seed": seed, "test_accuracy": record["test_accuracy"], "layers": summary})
+        print(f"seed {seed}: test {100 * record['test_accuracy']:.1f} %")
+    (output / "gate_gradient.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(
+        f"{args.task} / {args.regime} / {args.optimizer}, mean over seeds {args.seeds}:\n"
+        "| layer | fine-tuned | mean dL/dg | mean abs dL/dg | filters t < -2 | filters t > 2 "
+        "| mean logit | mean head bias | logit s.d. over examples | bias s.d. over filters |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    for i in range(len(results[0]["layers"])):
+        row = {k: np.mean([r["layers"][i][k] for r in results]) for k in results[0]["layers"][i]}
+        print(
+            f"| {i} | {row['fraction_finetuned']:.2f} | {row['mean_gradient']:+.1e} "
+            f"| {row['mean_abs_gradient']:.1e} | {row['filters_t_below_minus2']:.2f} "
+            f"| {row['filters_t_above_2']:.2f} | {row['mean_logit']:+.2f} "
+            f"| {row['mean_bias']:+.2f} | {row['logit_sd_over_examples']:.2f} "
+            f"| {row['bias_sd_over_filters']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
