@@ -216,34 +216,36 @@ def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_
             command.settings_from(parser.parse_args(["--wrap-settings", text]))
 
 
-def test_image_size_flag_is_part_of_every_run_and_refuses_tiny_images():
+@pytest.mark.parametrize(
+    "flag, attribute, default_value, value, note, refused, message",
+    [
+        ("--image-size", "image_size", 16, 32, "at 32 px", "4", "`--image-size` must be >= 8"),
+        (
+            "--source-epochs",
+            "source_epochs",
+            6,
+            24,
+            "for 24 epochs",
+            "0",
+            "`--source-epochs` must be >= 1",
+        ),
+    ],
+)
+def test_source_model_flag_is_part_of_every_run_and_refuses_bad_values(
+    flag, attribute, default_value, value, note, refused, message
+):
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     default = command.settings_from(parser.parse_args([]))
-    sharper = command.settings_from(parser.parse_args(["--image-size", "32"]))
-    assert default.image_size == 16 and sharper.image_size == 32
+    changed = command.settings_from(parser.parse_args([flag, str(value)]))
+    assert getattr(default, attribute) == default_value and getattr(changed, attribute) == value
     for method in ("finetune", "adafilter"):
-        assert run_key(sharper, "digits", "few_shot", method, "sgd", 0) != run_key(
+        assert run_key(changed, "digits", "few_shot", method, "sgd", 0) != run_key(
             default, "digits", "few_shot", method, "sgd", 0
         )
-    assert "at 32 px" in command.note(sharper)
-    with pytest.raises(ValueError, match=re.escape("`--image-size` must be >= 8")):
-        command.settings_from(parser.parse_args(["--image-size", "4"]))
-
-
-def test_source_epochs_flag_is_part_of_every_run_and_refuses_zero():
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    default = command.settings_from(parser.parse_args([]))
-    longer = command.settings_from(parser.parse_args(["--source-epochs", "24"]))
-    assert default.source_epochs == 6 and longer.source_epochs == 24
-    for method in ("finetune", "adafilter"):
-        assert run_key(longer, "digits", "few_shot", method, "sgd", 0) != run_key(
-            default, "digits", "few_shot", method, "sgd", 0
-        )
-    assert "for 24 epochs" in command.note(longer)
-    with pytest.raises(ValueError, match=re.escape("`--source-epochs` must be >= 1")):
-        command.settings_from(parser.parse_args(["--source-epochs", "0"]))
+    assert note in command.note(changed)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        command.settings_from(parser.parse_args([flag, refused]))
 
 
 def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
