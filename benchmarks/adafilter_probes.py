@@ -35,6 +35,16 @@ a twentieth of its per-example spread):
 * `head_bias_x10`: the controller heads' biases (one per filter: the rate, before the input's
   part) learn at 10 times the rate of the rest of the controller, under both optimizers.
 
+A probe of the trap a pre-trained choice sets (session 18): a filter whose gate picks the
+pre-trained branch passes no gradient to its fine-tuned copy, which then stays near the
+pre-trained filter, so the gate's gradient (the loss's change from one branch to the other)
+stays near zero and nothing pulls the gate back:
+
+* `finetuned_full_gradient`: the fine-tuned branch gets the gradient of every example, as if
+  its gate had picked it (straight-through for the branch; the forward pass and the gate's
+  gradient are unchanged): `benchmarks/finetuned_gradient.py`'s mix, which measured it on
+  random gates in the few-shot regime (before session 9).
+
 Runs go to OUTPUT_DIR/runs.jsonl (resumed); the table pairs the probe with fine-tuning and with
 the default AdaFilter.
 
@@ -180,6 +190,15 @@ def apply_probe(name):
         optimizers.SGDWithMultipliers.apply = controller_at_peak_rate(0.01)
     elif name == "head_bias_x10":
         benchmark_runs._Cell._optimizer = faster_head_biases(10.0)
+    elif name == "finetuned_full_gradient":
+        import finetuned_gradient  # benchmarks/, next to this script
+
+        from adafilter_keras.layers import gated_batch_norm
+
+        adafilter_conv2d.mix_branches = finetuned_gradient.mix_with_full_finetuned_gradient
+        gated_batch_norm.mix_normalized = (
+            finetuned_gradient.mix_normalized_with_full_finetuned_gradient
+        )
     return {}
 
 
@@ -189,6 +208,7 @@ PROBES = (
     "ungated_shortcuts",
     "controller_constant_rate",
     "head_bias_x10",
+    "finetuned_full_gradient",
 )
 
 

@@ -534,3 +534,41 @@ def test_head_bias_probe_speeds_up_only_the_controller_heads_biases():
     cell.optimizer_name = "adam"
     with pytest.raises(SystemExit, match="own and sgd"):
         optimizer_for(cell)
+
+
+def test_full_gradient_mix_trains_the_finetuned_branch_on_every_example_only():
+    import tensorflow as tf
+
+    from adafilter_keras.layers import branches
+
+    script = _benchmark_script("finetuned_gradient")
+    rng = np.random.default_rng(0)
+    pretrained, finetuned = (
+        tf.Variable(rng.normal(size=(4, 3, 3, 5)).astype("float32")) for _ in range(2)
+    )
+    gate = tf.Variable(np.tile([[0.0, 1.0, 0.0, 1.0, 0.3]], (4, 1)).astype("float32"))
+    affines = ((tf.fill([5], 2.0), tf.zeros([5])), (tf.fill([5], 3.0), tf.ones([5])))
+    pairs = (
+        (branches.mix_branches, script.mix_with_full_finetuned_gradient, ()),
+        (branches.mix_normalized, script.mix_normalized_with_full_finetuned_gradient, affines),
+    )
+    for library_mix, probe_mix, extra in pairs:
+
+        def run(mix, extra=extra):
+            with tf.GradientTape() as tape:
+                out = mix(pretrained, finetuned, *extra, gate)
+                loss = tf.reduce_sum(out**2)
+            return out, tape.gradient(loss, [pretrained, finetuned, gate])
+
+        out, (d_pretrained, d_finetuned, d_gate) = run(library_mix)
+        probe_out, (p_pretrained, p_finetuned, p_gate) = run(probe_mix)
+        np.testing.assert_allclose(probe_out.numpy(), out.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(p_gate.numpy(), d_gate.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(p_pretrained.numpy(), d_pretrained.numpy(), rtol=1e-4, atol=1e-4)
+        # Where the gate picked the pre-trained branch, the fine-tuned one learns anyway: its
+        # gradient is that of a gate of 1 (the output's gradient times its affine scale).
+        scale = 3.0 if extra else 1.0
+        np.testing.assert_array_equal(d_finetuned.numpy()[..., 0], 0.0)
+        np.testing.assert_allclose(
+            p_finetuned.numpy(), 2.0 * out.numpy() * scale, rtol=1e-4, atol=1e-4
+        )
