@@ -45,6 +45,13 @@ stays near zero and nothing pulls the gate back:
   gradient are unchanged): `benchmarks/finetuned_gradient.py`'s mix, which measured it on
   random gates in the few-shot regime (before session 9).
 
+A probe of the heads' per-filter biases (session 18: which filters end on the pre-trained side
+hardly agrees between seeds that start from the same source filters, so the biases' spread over
+filters looks like noise):
+
+* `layer_shared_bias`: every filter of a gated layer uses the mean of its head's biases, so
+  the biases move together, one rate per layer before the input's part (they start equal).
+
 Runs go to OUTPUT_DIR/runs.jsonl (resumed); the table pairs the probe with fine-tuning and with
 the default AdaFilter.
 
@@ -176,6 +183,23 @@ def faster_head_biases(multiplier):
     return optimizer
 
 
+def share_head_biases(original_init):
+    """`GateController.__init__` whose heads add the mean of their biases to every filter."""
+    import types
+
+    from keras import ops
+
+    def call(head, inputs):
+        return ops.matmul(inputs, head.kernel) + ops.mean(head.bias)
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        for head in self.heads:
+            head.call = types.MethodType(call, head)
+
+    return init
+
+
 def apply_probe(name):
     """Patches the library for probe `name`; returns the `wrap()` settings the probe adds."""
     if name in ESTIMATORS:
@@ -199,6 +223,10 @@ def apply_probe(name):
         gated_batch_norm.mix_normalized = (
             finetuned_gradient.mix_normalized_with_full_finetuned_gradient
         )
+    elif name == "layer_shared_bias":
+        gate_controller.GateController.__init__ = share_head_biases(
+            gate_controller.GateController.__init__
+        )
     return {}
 
 
@@ -209,6 +237,7 @@ PROBES = (
     "controller_constant_rate",
     "head_bias_x10",
     "finetuned_full_gradient",
+    "layer_shared_bias",
 )
 
 

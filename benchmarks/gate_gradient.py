@@ -7,7 +7,11 @@ and filter, the gate, the gradient of the loss with respect to the gate (`dL/dg`
 means the fine-tuned filter would lower the loss) and the gate's logit. It prints, per layer,
 the mean of `dL/dg` against its per-example size, how many filters' mean gradient is
 significant (|t| > 2), and how the logits split into the heads' biases (one per filter) and the
-part that depends on the input. Results go to OUTPUT_DIR/gate_gradient.json. TensorFlow only.
+part that depends on the input. With several seeds it also prints how well the filters'
+rates agree between seeds: every seed starts from the same source model, so filter k is the
+same pre-trained filter in every run, and a rate that the data sets should come back in
+another run, while one that the gradient's noise sets should not. Results (with each filter's
+rate and mean gradient) go to OUTPUT_DIR/gate_gradient.json. TensorFlow only.
 
     python benchmarks/gate_gradient.py --output-dir benchmarks/results/gate_gradient \\
         --sources benchmarks/results/transfer/sources --task domain --regime large --seeds 0 1 2
@@ -96,7 +100,33 @@ def summarize(layer, bias):
         "mean_bias": float(np.mean(bias)),
         "logit_sd_over_examples": float(logits.std(0).mean()),
         "bias_sd_over_filters": float(np.std(bias)),
+        "filter_fraction_finetuned": [float(v) for v in gates.mean(0)],
+        "filter_mean_gradient": [float(v) for v in mean],
     }
+
+
+def agreement_between_seeds(results):
+    """Per gated layer, the mean Pearson correlation of the filters' rates over pairs of seeds.
+
+    Args:
+        results: One entry per seed, each with `layers`, a list of `summarize` dicts.
+
+    Returns:
+        One float per layer (nan where a seed's rates do not vary), or `[]` with fewer than
+        two seeds.
+    """
+    if len(results) < 2:
+        return []
+    correlations = []
+    for i in range(len(results[0]["layers"])):
+        rates = [np.asarray(r["layers"][i]["filter_fraction_finetuned"]) for r in results]
+        pairs = [
+            np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else np.nan
+            for j, a in enumerate(rates)
+            for b in rates[j + 1 :]
+        ]
+        correlations.append(float(np.mean(pairs)))
+    return correlations
 
 
 def build_parser():
@@ -142,20 +172,36 @@ def main(argv=None):
         results.append({"seed": seed, "test_accuracy": record["test_accuracy"], "layers": summary})
         print(f"seed {seed}: test {100 * record['test_accuracy']:.1f} %")
     (output / "gate_gradient.json").write_text(json.dumps(results, indent=1) + "\n")
+    between_seeds = agreement_between_seeds(results)
     print(
         f"{args.task} / {args.regime} / {args.optimizer}, mean over seeds {args.seeds}:\n"
         "| layer | fine-tuned | mean dL/dg | mean abs dL/dg | filters t < -2 | filters t > 2 "
-        "| mean logit | mean head bias | logit s.d. over examples | bias s.d. over filters |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "| mean logit | mean head bias | logit s.d. over examples | bias s.d. over filters "
+        "| filters' rates, r between seeds | r of rate and mean dL/dg |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for i in range(len(results[0]["layers"])):
-        row = {k: np.mean([r["layers"][i][k] for r in results]) for k in results[0]["layers"][i]}
+        row = {
+            k: np.mean([r["layers"][i][k] for r in results])
+            for k in results[0]["layers"][i]
+            if not k.startswith("filter_")
+        }
+        follows = np.mean(
+            [
+                np.corrcoef(
+                    r["layers"][i]["filter_fraction_finetuned"],
+                    r["layers"][i]["filter_mean_gradient"],
+                )[0, 1]
+                for r in results
+            ]
+        )
+        seeds_r = f"{between_seeds[i]:+.2f}" if between_seeds else "—"
         print(
             f"| {i} | {row['fraction_finetuned']:.2f} | {row['mean_gradient']:+.1e} "
             f"| {row['mean_abs_gradient']:.1e} | {row['filters_t_below_minus2']:.2f} "
             f"| {row['filters_t_above_2']:.2f} | {row['mean_logit']:+.2f} "
             f"| {row['mean_bias']:+.2f} | {row['logit_sd_over_examples']:.2f} "
-            f"| {row['bias_sd_over_filters']:.2f} |"
+            f"| {row['bias_sd_over_filters']:.2f} | {seeds_r} | {follows:+.2f} |"
         )
 
 

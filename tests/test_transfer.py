@@ -494,6 +494,22 @@ def test_gate_gradient_is_zero_while_the_branches_are_equal_and_per_example_afte
     summary = script.summarize((gates, gradient, logits), bias=np.zeros(8))
     assert summary["mean_gradient"] == pytest.approx(float(gradient.mean()))
     assert 0.0 <= summary["filters_t_below_minus2"] + summary["filters_t_above_2"] <= 1.0
+    np.testing.assert_allclose(summary["filter_fraction_finetuned"], gates.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(summary["filter_mean_gradient"], gradient.mean(0), rtol=1e-5)
+
+
+def test_agreement_between_seeds_is_one_for_the_same_rates_and_minus_one_for_opposite():
+    script = _benchmark_script("gate_gradient")
+    rates = [0.1, 0.5, 0.7, 0.9]
+
+    def seed(*layers):
+        return {"layers": [{"filter_fraction_finetuned": layer} for layer in layers]}
+
+    same, reversed_ = seed(rates, rates), seed(rates, [1.0 - r for r in rates])
+    agreement = script.agreement_between_seeds([same, reversed_])
+    assert agreement == pytest.approx([1.0, -1.0])
+    assert script.agreement_between_seeds([same]) == []
+    assert np.isnan(script.agreement_between_seeds([same, seed([0.5] * 4, rates)])[0])
 
 
 def test_controller_constant_rate_probe_keeps_only_the_controller_at_the_peak_rate():
@@ -572,3 +588,24 @@ def test_full_gradient_mix_trains_the_finetuned_branch_on_every_example_only():
         np.testing.assert_allclose(
             p_finetuned.numpy(), 2.0 * out.numpy() * scale, rtol=1e-4, atol=1e-4
         )
+
+
+def test_layer_shared_bias_probe_gives_every_filter_the_mean_of_its_heads_biases():
+    from adafilter_keras.layers import gate_controller
+
+    script = _benchmark_script("adafilter_probes")
+    controller_class = gate_controller.GateController
+    original = controller_class.__init__
+    try:
+        controller_class.__init__ = script.share_head_biases(original)
+        controller = controller_class(filters=[3, 5], input_channels=[4, 6], units=8, seed=0)
+    finally:
+        controller_class.__init__ = original
+    controller.build(None)
+    head = controller.heads[1]
+    head.bias.assign(np.arange(5, dtype="float32"))
+    hidden = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
+    logits = keras.ops.convert_to_numpy(head.call(hidden))
+    kernel = keras.ops.convert_to_numpy(head.kernel)
+    np.testing.assert_allclose(logits, hidden @ kernel + 2.0, rtol=1e-5, atol=1e-5)
+    assert "call" not in vars(controller_class(filters=[3], input_channels=[4]).heads[0])
