@@ -10,8 +10,11 @@ significant (|t| > 2), and how the logits split into the heads' biases (one per 
 part that depends on the input. With several seeds it also prints how well the filters'
 rates agree between seeds: every seed starts from the same source model, so filter k is the
 same pre-trained filter in every run, and a rate that the data sets should come back in
-another run, while one that the gradient's noise sets should not. Results (with each filter's
-rate and mean gradient) go to OUTPUT_DIR/gate_gradient.json. TensorFlow only.
+another run, while one that the gradient's noise sets should not; and the same for the part of
+the gates that depends on the input: each (test image, filter) inference gate's deviation from
+its filter's mean, compared between seeds on the task's fixed test images. Results (with each
+filter's rate and mean gradient) go to OUTPUT_DIR/gate_gradient.json, the agreement between
+seeds to OUTPUT_DIR/between_seeds.json. TensorFlow only.
 
     python benchmarks/gate_gradient.py --output-dir benchmarks/results/gate_gradient \\
         --sources benchmarks/results/transfer/sources --task domain --regime large --seeds 0 1 2
@@ -30,7 +33,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adafilter_keras.inspection import controller_or_none  # noqa: E402
+from adafilter_keras.inspection import controller_or_none, gate_model  # noqa: E402
 from adafilter_keras.layers import gate_controller  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
 from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
@@ -129,6 +132,45 @@ def agreement_between_seeds(results):
     return correlations
 
 
+def inference_gates(model, images):
+    """Per gated layer, the inference gates `(examples, filters)` of the benchmark's model."""
+    controller = controller_or_none(model)
+    # In the benchmark the backbone, which calls the controller, is nested in the model.
+    backbone = (
+        model
+        if controller in model.layers
+        else next(layer for layer in model.layers if controller in getattr(layer, "layers", ()))
+    )
+    gates = gate_model(backbone).predict(images, batch_size=256, verbose=0)
+    return gates if isinstance(gates, list) else [gates]
+
+
+def input_dependence_between_seeds(gates_by_seed):
+    """Per gated layer, how well the input-dependent part of the gates agrees between seeds.
+
+    Args:
+        gates_by_seed: One entry per seed, each a list (one per layer) of inference gates
+            `(examples, filters)` on the same images.
+
+    Returns:
+        Per layer, the mean over pairs of seeds of the Pearson correlation, over every
+        (example, filter), of the gate minus its filter's mean over the examples; `[]` with
+        fewer than two seeds.
+    """
+    if len(gates_by_seed) < 2:
+        return []
+    correlations = []
+    for i in range(len(gates_by_seed[0])):
+        parts = [np.asarray(seed[i]) - np.asarray(seed[i]).mean(0) for seed in gates_by_seed]
+        pairs = [
+            np.corrcoef(a.ravel(), b.ravel())[0, 1]
+            for j, a in enumerate(parts)
+            for b in parts[j + 1 :]
+        ]
+        correlations.append(float(np.mean(pairs)))
+    return correlations
+
+
 def build_parser():
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -159,7 +201,8 @@ def main(argv=None):
     cell = benchmark_runs._Cell(
         settings, output, args.task, args.regime, "adafilter", args.optimizer, print
     )
-    results = []
+    results, test_gates = [], []
+    test_images = benchmark_runs._floats(cell.task.test[0])
     for seed in args.seeds:
         with benchmark_runs._deterministic():
             record = cell.run(seed)
@@ -170,15 +213,33 @@ def main(argv=None):
         biases = [keras.ops.convert_to_numpy(head.bias) for head in controller.heads]
         summary = [summarize(layer, bias) for layer, bias in zip(layers, biases, strict=True)]
         results.append({"seed": seed, "test_accuracy": record["test_accuracy"], "layers": summary})
+        test_gates.append(inference_gates(cell.model, test_images))
         print(f"seed {seed}: test {100 * record['test_accuracy']:.1f} %")
     (output / "gate_gradient.json").write_text(json.dumps(results, indent=1) + "\n")
     between_seeds = agreement_between_seeds(results)
+    input_part = input_dependence_between_seeds(test_gates)
+    (output / "between_seeds.json").write_text(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "filters_rates_r": between_seeds,
+                "input_dependent_part_r": input_part,
+                "test_gates_sd_over_examples": [
+                    float(np.mean([np.asarray(seed[i]).std(0).mean() for seed in test_gates]))
+                    for i in range(len(test_gates[0]))
+                ],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(
         f"{args.task} / {args.regime} / {args.optimizer}, mean over seeds {args.seeds}:\n"
         "| layer | fine-tuned | mean dL/dg | mean abs dL/dg | filters t < -2 | filters t > 2 "
         "| mean logit | mean head bias | logit s.d. over examples | bias s.d. over filters "
-        "| filters' rates, r between seeds | r of rate and mean dL/dg |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| filters' rates, r between seeds | r of rate and mean dL/dg "
+        "| input-dependent part, r between seeds |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for i in range(len(results[0]["layers"])):
         row = {
@@ -196,12 +257,13 @@ def main(argv=None):
             ]
         )
         seeds_r = f"{between_seeds[i]:+.2f}" if between_seeds else "—"
+        input_r = f"{input_part[i]:+.2f}" if input_part else "—"
         print(
             f"| {i} | {row['fraction_finetuned']:.2f} | {row['mean_gradient']:+.1e} "
             f"| {row['mean_abs_gradient']:.1e} | {row['filters_t_below_minus2']:.2f} "
             f"| {row['filters_t_above_2']:.2f} | {row['mean_logit']:+.2f} "
             f"| {row['mean_bias']:+.2f} | {row['logit_sd_over_examples']:.2f} "
-            f"| {row['bias_sd_over_filters']:.2f} | {seeds_r} | {follows:+.2f} |"
+            f"| {row['bias_sd_over_filters']:.2f} | {seeds_r} | {follows:+.2f} | {input_r} |"
         )
 
 

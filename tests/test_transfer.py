@@ -491,6 +491,8 @@ def test_gate_gradient_is_zero_while_the_branches_are_equal_and_per_example_afte
     ((_, gradient, _),) = script.gate_gradients(model, images, labels, batch_size=4)
     assert (np.abs(gradient) > 1e-6).mean() > 0.5
     assert script.gate_controller.sample_gates is original  # restored
+    (inference,) = script.inference_gates(model, images)
+    assert inference.shape == (12, 8) and np.all((inference > 0) & (inference < 1))
     summary = script.summarize((gates, gradient, logits), bias=np.zeros(8))
     assert summary["mean_gradient"] == pytest.approx(float(gradient.mean()))
     assert 0.0 <= summary["filters_t_below_minus2"] + summary["filters_t_above_2"] <= 1.0
@@ -609,3 +611,15 @@ def test_layer_shared_bias_probe_gives_every_filter_the_mean_of_its_heads_biases
     kernel = keras.ops.convert_to_numpy(head.kernel)
     np.testing.assert_allclose(logits, hidden @ kernel + 2.0, rtol=1e-5, atol=1e-5)
     assert "call" not in vars(controller_class(filters=[3], input_channels=[4]).heads[0])
+
+
+def test_input_dependence_between_seeds_ignores_the_filters_rates():
+    script = _benchmark_script("gate_gradient")
+    rng = np.random.default_rng(0)
+    pattern = rng.uniform(size=(20, 6))  # per (example, filter)
+    shifted = np.clip(pattern + np.linspace(-0.3, 0.3, 6), -1, 2)  # other rates, same pattern
+    other = rng.uniform(size=(20, 6))
+    agreement = script.input_dependence_between_seeds([[pattern, pattern], [shifted, other]])
+    assert agreement[0] == pytest.approx(1.0)
+    assert abs(agreement[1]) < 0.3
+    assert script.input_dependence_between_seeds([[pattern]]) == []
