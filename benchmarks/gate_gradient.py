@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from adafilter_keras.inspection import controller_or_none, gate_model  # noqa: E402
 from adafilter_keras.layers import gate_controller  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
-from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
+from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -178,7 +178,7 @@ def build_parser():
     parser.add_argument(
         "--sources", required=True, help="the benchmark's source models (its sources/ directory)"
     )
-    parser.add_argument("--task", default="domain", choices=TASKS)
+    parser.add_argument("--task", default="domain", choices=TASKS + EXTRA_TASKS)
     parser.add_argument("--regime", default="large", choices=REGIMES)
     parser.add_argument("--optimizer", default="own", choices=benchmark_runs.OPTIMIZERS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
