@@ -623,3 +623,22 @@ def test_input_dependence_between_seeds_ignores_the_filters_rates():
     assert agreement[0] == pytest.approx(1.0)
     assert abs(agreement[1]) < 0.3
     assert script.input_dependence_between_seeds([[pattern]]) == []
+
+
+def test_probe_refuses_a_baseline_without_its_source_models(tmp_path):
+    script = _benchmark_script("adafilter_probes")
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    (baseline / "runs.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="No sources/ in --baseline-runs"):
+        script.main(
+            [
+                "--probe",
+                "expected",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--baseline-runs",
+                str(baseline),
+            ]
+        )
+    assert not (tmp_path / "out" / "sources").exists()
