@@ -274,13 +274,14 @@ def main(argv=None):
     output, baseline = pathlib.Path(args.output_dir), pathlib.Path(args.baseline_runs)
     if not (baseline / benchmark_runs.RESULTS).exists():
         raise SystemExit(f"No runs.jsonl in --baseline-runs {baseline}: run the benchmark first.")
-    if not (output / "sources").exists() and not (baseline / "sources").is_dir():
+    copy_sources = not (output / "sources").exists()
+    if copy_sources and not (baseline / "sources").is_dir():
         raise SystemExit(
             f"No sources/ in --baseline-runs {baseline}: copy in the source models its runs were "
             "made with (the benchmark writes them to <output-dir>/sources)."
         )
     output.mkdir(parents=True, exist_ok=True)
-    if not (output / "sources").exists():
+    if copy_sources:
         shutil.copytree(baseline / "sources", output / "sources")
     settings = benchmark_runs.BenchmarkSettings(
         tasks=tuple(args.tasks),

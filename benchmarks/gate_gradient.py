@@ -120,27 +120,29 @@ def agreement_between_seeds(results):
     """
     if len(results) < 2:
         return []
-    correlations = []
-    for i in range(len(results[0]["layers"])):
-        rates = [np.asarray(r["layers"][i]["filter_fraction_finetuned"]) for r in results]
-        pairs = [
-            np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else np.nan
-            for j, a in enumerate(rates)
-            for b in rates[j + 1 :]
-        ]
-        correlations.append(float(np.mean(pairs)))
-    return correlations
+    return [
+        _mean_pairwise_correlation([r["layers"][i]["filter_fraction_finetuned"] for r in results])
+        for i in range(len(results[0]["layers"]))
+    ]
+
+
+def _mean_pairwise_correlation(arrays):
+    """The mean over pairs of `arrays` of their Pearson correlation (nan if one is constant)."""
+    arrays = [np.ravel(a) for a in arrays]
+    return float(
+        np.mean(
+            [
+                np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else np.nan
+                for j, a in enumerate(arrays)
+                for b in arrays[j + 1 :]
+            ]
+        )
+    )
 
 
 def inference_gates(model, images):
     """Per gated layer, the inference gates `(examples, filters)` of the benchmark's model."""
-    controller = controller_or_none(model)
-    # In the benchmark the backbone, which calls the controller, is nested in the model.
-    backbone = (
-        model
-        if controller in model.layers
-        else next(layer for layer in model.layers if controller in getattr(layer, "layers", ()))
-    )
+    backbone = benchmark_runs.gated_backbone(model, controller_or_none(model))
     gates = gate_model(backbone).predict(images, batch_size=256, verbose=0)
     return gates if isinstance(gates, list) else [gates]
 
@@ -159,16 +161,12 @@ def input_dependence_between_seeds(gates_by_seed):
     """
     if len(gates_by_seed) < 2:
         return []
-    correlations = []
-    for i in range(len(gates_by_seed[0])):
-        parts = [np.asarray(seed[i]) - np.asarray(seed[i]).mean(0) for seed in gates_by_seed]
-        pairs = [
-            np.corrcoef(a.ravel(), b.ravel())[0, 1]
-            for j, a in enumerate(parts)
-            for b in parts[j + 1 :]
-        ]
-        correlations.append(float(np.mean(pairs)))
-    return correlations
+    return [
+        _mean_pairwise_correlation(
+            [np.asarray(seed[i]) - np.asarray(seed[i]).mean(0) for seed in gates_by_seed]
+        )
+        for i in range(len(gates_by_seed[0]))
+    ]
 
 
 def build_parser():

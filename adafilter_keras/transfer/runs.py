@@ -366,12 +366,9 @@ class _Cell:
     def _group_gap(self, controller):
         # Does the policy tell the task's two kinds of image apart? Per gated layer, the mean
         # over filters of |mean inference gate on kind 1 - on kind 2|, over the test set.
-        # The benchmark's backbone (which calls the controller) is nested in the model; it takes
-        # the same images.
-        backbone = next(
-            layer for layer in self.model.layers if controller in getattr(layer, "layers", ())
+        gates = gate_model(gated_backbone(self.model, controller)).predict(
+            _floats(self.task.test[0]), batch_size=256, verbose=0
         )
-        gates = gate_model(backbone).predict(_floats(self.task.test[0]), batch_size=256, verbose=0)
         first = self.task.test_groups
         return [
             float(np.mean(np.abs(layer[first].mean(0) - layer[~first].mean(0))))
@@ -381,6 +378,17 @@ class _Cell:
     def _score(self, data, prefix):
         logits = self.model.predict(_floats(data[0]), batch_size=256, verbose=0)
         return {f"{prefix}_accuracy": float(np.mean(np.argmax(logits, -1) == data[1]))}
+
+
+def gated_backbone(model, controller):
+    """The model whose graph calls `controller`: `model` itself, or the backbone nested in it.
+
+    The benchmark's models nest the wrapped backbone under a new head; the backbone takes the
+    same images, so `gate_model` of it gives the gates of `model`'s inputs.
+    """
+    if controller in model.layers:
+        return model
+    return next(layer for layer in model.layers if controller in getattr(layer, "layers", ()))
 
 
 def _floats(images):
