@@ -52,6 +52,17 @@ filters looks like noise):
 * `layer_shared_bias`: every filter of a gated layer uses the mean of its head's biases, so
   the biases move together, one rate per layer before the input's part (they start equal).
 
+A probe of how fast a layer's rate can move (session 19: at the end of training the mean
+gradient of every layer's gates still favours the fine-tuned filters, but per filter it is
+small against its noise; a layer's filters summed have about `sqrt(filters)` times the signal
+to noise of one filter):
+
+* `layer_rate`: every gated layer gets one more weight, a scalar added to all its filters'
+  logits (starting at 0, scaled like the rest of the controller). Its gradient is the sum of
+  the filters' gradients, so the layer's rate moves `filters` times faster than a filter's bias
+  does, and its noise only about `sqrt(filters)` times.
+* `layer_rate_x10`: the same with the offsets' gradient times 10.
+
 Runs go to OUTPUT_DIR/runs.jsonl (resumed); the table pairs the probe with fine-tuning and with
 the default AdaFilter.
 
@@ -200,6 +211,31 @@ def share_head_biases(original_init):
     return init
 
 
+def add_layer_rates(original_build, multiplier=1.0):
+    """`GateController.build` that adds one logit offset per gated layer to its head.
+
+    The offset's gradient is multiplied by `multiplier` (on top of the controller's scale).
+    """
+    import types
+
+    from keras import ops
+
+    def offset_call(rate):
+        def call(head, inputs):
+            offset = gate_sampling.scale_gradient(ops.convert_to_tensor(rate), multiplier)
+            return ops.matmul(inputs, head.kernel) + head.bias + offset
+
+        return call
+
+    def build(self, input_shape):
+        original_build(self, input_shape)
+        for i, head in enumerate(self.heads):
+            rate = self.add_weight(name=f"layer_rate_{i}", shape=(), initializer="zeros")
+            head.call = types.MethodType(offset_call(rate), head)
+
+    return build
+
+
 def apply_probe(name):
     """Patches the library for probe `name`; returns the `wrap()` settings the probe adds."""
     if name in ESTIMATORS:
@@ -227,6 +263,10 @@ def apply_probe(name):
         gate_controller.GateController.__init__ = share_head_biases(
             gate_controller.GateController.__init__
         )
+    elif name in ("layer_rate", "layer_rate_x10"):
+        gate_controller.GateController.build = add_layer_rates(
+            gate_controller.GateController.build, 10.0 if name.endswith("x10") else 1.0
+        )
     return {}
 
 
@@ -238,6 +278,8 @@ PROBES = (
     "head_bias_x10",
     "finetuned_full_gradient",
     "layer_shared_bias",
+    "layer_rate",
+    "layer_rate_x10",
 )
 
 

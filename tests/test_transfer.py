@@ -613,6 +613,43 @@ def test_layer_shared_bias_probe_gives_every_filter_the_mean_of_its_heads_biases
     assert "call" not in vars(controller_class(filters=[3], input_channels=[4]).heads[0])
 
 
+@pytest.mark.parametrize("multiplier", [1.0, 10.0])
+def test_layer_rate_probe_adds_one_offset_per_layer_with_the_filters_summed_gradient(multiplier):
+    import tensorflow as tf
+
+    from adafilter_keras.layers import gate_controller
+
+    script = _benchmark_script("adafilter_probes")
+    controller_class = gate_controller.GateController
+    original = controller_class.build
+    try:
+        controller_class.build = script.add_layer_rates(original, multiplier)
+        controller = controller_class(filters=[3, 5], input_channels=[4, 6], units=8, seed=0)
+        controller.build(None)
+    finally:
+        controller_class.build = original
+    rates = [w for w in controller.trainable_weights if "layer_rate" in w.path]
+    assert [w.path.split("/")[-1] for w in rates] == ["layer_rate_0", "layer_rate_1"]
+    head = controller.heads[1]
+    rates[1].assign(0.5)
+    hidden = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
+    weights = np.random.default_rng(1).normal(size=(2, 5)).astype("float32")
+    with tf.GradientTape() as tape:
+        logits = head.call(tf.constant(hidden))
+        loss = tf.reduce_sum(logits * weights)
+    rate_gradient, bias_gradient = tape.gradient(loss, [rates[1], head.bias])
+    kernel = keras.ops.convert_to_numpy(head.kernel)
+    bias = keras.ops.convert_to_numpy(head.bias)
+    np.testing.assert_allclose(logits.numpy(), hidden @ kernel + bias + 0.5, rtol=1e-5, atol=1e-5)
+    # One weight for the layer, moved by the sum of its filters' gradients (times the multiplier).
+    np.testing.assert_allclose(
+        rate_gradient.numpy(), multiplier * bias_gradient.numpy().sum(), rtol=1e-5
+    )
+    fresh = controller_class([3], [4])
+    fresh.build(None)  # the class is restored: no offsets
+    assert not any("layer_rate" in w.path for w in fresh.weights)
+
+
 def test_input_dependence_between_seeds_ignores_the_filters_rates():
     script = _benchmark_script("gate_gradient")
     rng = np.random.default_rng(0)
