@@ -40,13 +40,38 @@ def gate_model(model):
     default of `predict`) for the deterministic inference gates.
 
     Args:
-        model: A functional model whose graph calls a `GateController` (directly, not only inside a
-            nested model).
+        model: A functional model whose graph calls a `GateController`, directly or inside a
+            nested functional model (for example a wrapped backbone under a new head) that the
+            graph calls once.
 
     Returns:
         A `keras.Model` with one output per gated layer.
+
+    Raises:
+        ValueError: If `model` has no controller or several, or calls the nested model that
+            holds it more than once (then pass that nested model).
     """
     controller = find_controller(model)
+    return keras.Model(model.inputs, _gate_tensors(model, controller), name=f"{model.name}_gates")
+
+
+def _gate_tensors(model, controller):
+    """The gate tensors, in controller order, of `model`'s graph."""
+    if controller not in model.layers:
+        nested = next(
+            layer
+            for layer in model.layers
+            if isinstance(layer, keras.Model) and controller in _walk(layer)
+        )
+        calls = nested._inbound_nodes
+        if len(calls) != 1:
+            raise ValueError(
+                f"Model '{model.name}' calls the nested model '{nested.name}', which holds the "
+                f"GateController, {len(calls)} times, so its gates are not one set of tensors. "
+                f"Call gate_model on '{nested.name}' instead."
+            )
+        inner = keras.Model(nested.inputs, _gate_tensors(nested, controller))
+        return inner(*calls[0].arguments.args, **calls[0].arguments.kwargs)
     gates = {}
     for node in controller._inbound_nodes:
         index = node.arguments.kwargs.get("index", 0)
@@ -56,7 +81,7 @@ def gate_model(model):
             f"GateController '{controller.name}' serves {controller.num_gated_layers} gated layers "
             f"but the graph of model '{model.name}' calls it for indices {sorted(gates)}."
         )
-    return keras.Model(model.inputs, [gates[i] for i in sorted(gates)], name=f"{model.name}_gates")
+    return [gates[i] for i in sorted(gates)]
 
 
 def _walk(model):

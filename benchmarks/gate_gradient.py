@@ -142,8 +142,7 @@ def _mean_pairwise_correlation(arrays):
 
 def inference_gates(model, images):
     """Per gated layer, the inference gates `(examples, filters)` of the benchmark's model."""
-    backbone = benchmark_runs.gated_backbone(model, controller_or_none(model))
-    gates = gate_model(backbone).predict(images, batch_size=256, verbose=0)
+    gates = gate_model(model).predict(images, batch_size=256, verbose=0)
     return gates if isinstance(gates, list) else [gates]
 
 

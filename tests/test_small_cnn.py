@@ -136,3 +136,26 @@ def test_gate_model_refuses_a_model_without_controller():
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="plain")
     with pytest.raises(ValueError, match="'plain' must contain exactly one GateController"):
         gate_model(plain)
+
+
+def test_gate_model_of_an_outer_model_reads_the_nested_backbones_gates(rng):
+    # The README's shape: a wrapped backbone under a new head, behind preprocessing.
+    backbone = build_small_cnn()
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(2)(backbone(keras.layers.Rescaling(0.5)(inputs)))
+    outer = keras.Model(inputs, outputs, name="outer")
+    x, _ = _data(rng, n=4)
+    gates = _probe_gates(outer, x)
+    expected = _probe_gates(backbone, 0.5 * x)  # the backbone sees the rescaled images
+    assert len(gates) == len(expected) > 1
+    for got, want in zip(gates, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(gates[0], _probe_gates(backbone, x)[0])
+
+
+def test_gate_model_refuses_a_nested_backbone_called_twice():
+    backbone = build_small_cnn()
+    inputs = keras.Input((16, 16, 3))
+    twice = keras.Model(inputs, backbone(inputs) + backbone(inputs * 2.0), name="twice")
+    with pytest.raises(ValueError, match="calls the nested model .* 2 times.*gate_model on"):
+        gate_model(twice)

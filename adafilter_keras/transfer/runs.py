@@ -345,7 +345,7 @@ class _Cell:
         if controller is not None:
             record["gates"] = reporter.report
             if self.task.test_groups is not None:
-                record["gate_group_gap"] = self._group_gap(controller)
+                record["gate_group_gap"] = self._group_gap()
             if controller.policy == "learned":
                 # The other inference rule, scored on the same trained model (paired, free).
                 other = "threshold" if controller.inference == "expected" else "expected"
@@ -363,10 +363,10 @@ class _Cell:
         record["seconds"] = time.time() - started
         return record
 
-    def _group_gap(self, controller):
+    def _group_gap(self):
         # Does the policy tell the task's two kinds of image apart? Per gated layer, the mean
         # over filters of |mean inference gate on kind 1 - on kind 2|, over the test set.
-        gates = gate_model(gated_backbone(self.model, controller)).predict(
+        gates = gate_model(self.model).predict(
             _floats(self.task.test[0]), batch_size=256, verbose=0
         )
         first = self.task.test_groups
@@ -378,17 +378,6 @@ class _Cell:
     def _score(self, data, prefix):
         logits = self.model.predict(_floats(data[0]), batch_size=256, verbose=0)
         return {f"{prefix}_accuracy": float(np.mean(np.argmax(logits, -1) == data[1]))}
-
-
-def gated_backbone(model, controller):
-    """The model whose graph calls `controller`: `model` itself, or the backbone nested in it.
-
-    The benchmark's models nest the wrapped backbone under a new head; the backbone takes the
-    same images, so `gate_model` of it gives the gates of `model`'s inputs.
-    """
-    if controller in model.layers:
-        return model
-    return next(layer for layer in model.layers if controller in getattr(layer, "layers", ()))
 
 
 def _floats(images):
