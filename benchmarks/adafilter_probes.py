@@ -61,7 +61,10 @@ to noise of one filter):
   logits (starting at 0, scaled like the rest of the controller). Its gradient is the sum of
   the filters' gradients, so the layer's rate moves `filters` times faster than a filter's bias
   does, and its noise only about `sqrt(filters)` times.
-* `layer_rate_x10`: the same with the offsets' gradient times 10.
+* `layer_rate_x10`: the same with the offsets' gradient times 10. (It sends the first layer's
+  gates towards the pre-trained filters while the top layers' go to the fine-tuned ones.)
+* `ungated_stem`: the first convolution (`conv1_conv`, which sees the colour images) not gated
+  (`wrap(exclude=)`): a plain fine-tuned convolution.
 
 Runs go to OUTPUT_DIR/runs.jsonl (resumed); the table pairs the probe with fine-tuning and with
 the default AdaFilter.
@@ -244,6 +247,8 @@ def apply_probe(name):
         adafilter_conv2d._convolve = scaled_finetuned_gradient(1.5)
     elif name == "ungated_shortcuts":
         return {"exclude": ".*_0_conv"}
+    elif name == "ungated_stem":
+        return {"exclude": "conv1_conv"}
     elif name == "controller_constant_rate":
         from adafilter_keras.training import optimizers
 
@@ -274,6 +279,7 @@ PROBES = (
     *ESTIMATORS,
     "finetuned_gradient_x1.5",
     "ungated_shortcuts",
+    "ungated_stem",
     "controller_constant_rate",
     "head_bias_x10",
     "finetuned_full_gradient",

@@ -463,17 +463,24 @@ def test_probe_scales_the_finetuned_kernels_gradient_and_nothing_else():
     np.testing.assert_allclose(scaled_gradients[1].numpy(), 1.5 * gradients[1].numpy(), rtol=1e-5)
 
 
-def test_ungated_shortcuts_probe_leaves_exactly_the_projection_shortcuts_ungated():
+@pytest.mark.parametrize(
+    "probe, ungated",
+    [
+        ("ungated_shortcuts", lambda name: name.endswith("_0_conv")),
+        ("ungated_stem", lambda name: name == "conv1_conv"),
+    ],
+)
+def test_ungated_probes_leave_exactly_their_convolutions_ungated(probe, ungated):
     import adafilter_keras as ak
     from adafilter_keras.training.backbones import small_resnet
 
     script = _benchmark_script("adafilter_probes")
     backbone = small_resnet((16, 16, 3), width=4)
     convs = [layer.name for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
-    wrapped = ak.wrap(backbone, **script.apply_probe("ungated_shortcuts"))
+    wrapped = ak.wrap(backbone, **script.apply_probe(probe))
     gated = [layer.name for layer in wrapped.layers if isinstance(layer, ak.AdaFilterConv2D)]
-    shortcuts = [name for name in convs if name.endswith("_0_conv")]
-    assert shortcuts and sorted(gated) == sorted(set(convs) - set(shortcuts))
+    left = [name for name in convs if ungated(name)]
+    assert left and sorted(gated) == sorted(set(convs) - set(left))
 
 
 def test_gate_gradient_is_zero_while_the_branches_are_equal_and_per_example_after():
