@@ -61,8 +61,8 @@ to noise of one filter):
   logits (starting at 0, scaled like the rest of the controller). Its gradient is the sum of
   the filters' gradients, so the layer's rate moves `filters` times faster than a filter's bias
   does, and its noise only about `sqrt(filters)` times.
-* `layer_rate_x10`: the same with the offsets' gradient times 10. (It sends the first layer's
-  gates towards the pre-trained filters while the top layers' go to the fine-tuned ones.)
+* `layer_rate_x10`: the same with the offsets' gradient times 10. (The top layers' gates go to
+  the fine-tuned filters; the first layer's stay near their start.)
 * `ungated_stem`: the first convolution (`conv1_conv`, which sees the colour images) not gated
   (`wrap(exclude=)`): a plain fine-tuned convolution.
 
