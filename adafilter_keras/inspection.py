@@ -48,8 +48,9 @@ def gate_model(model):
         A `keras.Model` with one output per gated layer.
 
     Raises:
-        ValueError: If `model` has no controller or several, or calls the nested model that
-            holds it more than once (then pass that nested model).
+        ValueError: If `model` has no controller or several, if its graph does not call the
+            controller for every gated layer, or if it calls the nested model that holds the
+            controller more than once (then pass that nested model).
     """
     controller = find_controller(model)
     return keras.Model(model.inputs, _gate_tensors(model, controller), name=f"{model.name}_gates")
@@ -63,7 +64,7 @@ def _gate_tensors(model, controller):
             for layer in model.layers
             if isinstance(layer, keras.Model) and controller in _walk(layer)
         )
-        calls = nested._inbound_nodes
+        calls = _calls(model, nested)
         if len(calls) != 1:
             raise ValueError(
                 f"Model '{model.name}' calls the nested model '{nested.name}', which holds the "
@@ -73,7 +74,7 @@ def _gate_tensors(model, controller):
         inner = keras.Model(nested.inputs, _gate_tensors(nested, controller))
         return inner(*calls[0].arguments.args, **calls[0].arguments.kwargs)
     gates = {}
-    for node in controller._inbound_nodes:
+    for node in _calls(model, controller):
         index = node.arguments.kwargs.get("index", 0)
         gates.setdefault(index, node.output_tensors[0])
     if sorted(gates) != list(range(controller.num_gated_layers)):
@@ -82,6 +83,15 @@ def _gate_tensors(model, controller):
             f"but the graph of model '{model.name}' calls it for indices {sorted(gates)}."
         )
     return [gates[i] for i in sorted(gates)]
+
+
+def _calls(model, layer):
+    """The nodes of `model`'s own graph at which `layer` is called (not other models' calls)."""
+    graph = getattr(model, "_nodes_by_depth", None)
+    if graph is None:  # a Sequential model keeps its graph in the functional model it builds
+        graph = getattr(getattr(model, "_functional", None), "_nodes_by_depth", None) or {}
+    own = {id(node) for nodes in graph.values() for node in nodes}
+    return [node for node in layer._inbound_nodes if id(node) in own]
 
 
 def _walk(model):

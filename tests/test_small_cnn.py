@@ -144,6 +144,9 @@ def test_gate_model_of_an_outer_model_reads_the_nested_backbones_gates(rng):
     inputs = keras.Input((16, 16, 3))
     outputs = keras.layers.Dense(2)(backbone(keras.layers.Rescaling(0.5)(inputs)))
     outer = keras.Model(inputs, outputs, name="outer")
+    # Calls of the backbone in other models are not the outer model's.
+    reused = keras.Input((16, 16, 3))
+    keras.Model(reused, backbone(reused), name="other")
     x, _ = _data(rng, n=4)
     gates = _probe_gates(outer, x)
     expected = _probe_gates(backbone, 0.5 * x)  # the backbone sees the rescaled images
@@ -151,6 +154,10 @@ def test_gate_model_of_an_outer_model_reads_the_nested_backbones_gates(rng):
     for got, want in zip(gates, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(gates[0], _probe_gates(backbone, x)[0])
+    # Two levels of nesting.
+    top_inputs = keras.Input((16, 16, 3))
+    top = keras.Model(top_inputs, outer(top_inputs), name="top")
+    np.testing.assert_allclose(_probe_gates(top, x)[-1], gates[-1], rtol=1e-5, atol=1e-6)
 
 
 def test_gate_model_refuses_a_nested_backbone_called_twice():
