@@ -620,8 +620,10 @@ def test_layer_shared_bias_probe_gives_every_filter_the_mean_of_its_heads_biases
     assert "call" not in vars(controller_class(filters=[3], input_channels=[4]).heads[0])
 
 
-@pytest.mark.parametrize("multiplier", [1.0, 10.0])
-def test_layer_rate_probe_adds_one_offset_per_layer_with_the_filters_summed_gradient(multiplier):
+@pytest.mark.parametrize("probe, multiplier", [("layer_rate", 1.0), ("layer_rate_x10", 10.0)])
+def test_layer_rate_probe_adds_one_offset_per_layer_with_the_filters_summed_gradient(
+    probe, multiplier
+):
     import tensorflow as tf
 
     from adafilter_keras.layers import gate_controller
@@ -630,8 +632,10 @@ def test_layer_rate_probe_adds_one_offset_per_layer_with_the_filters_summed_grad
     controller_class = gate_controller.GateController
     original = controller_class.build
     try:
-        controller_class.build = script.add_layer_rates(original, multiplier)
-        controller = controller_class(filters=[3, 5], input_channels=[4, 6], units=8, seed=0)
+        script.apply_probe(probe)
+        controller = controller_class(
+            filters=[3, 5], input_channels=[4, 6], units=8, seed=0, gradient_scale=300.0
+        )
         controller.build(None)
     finally:
         controller_class.build = original
@@ -640,21 +644,24 @@ def test_layer_rate_probe_adds_one_offset_per_layer_with_the_filters_summed_grad
     head = controller.heads[1]
     rates[1].assign(0.5)
     hidden = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
-    weights = np.random.default_rng(1).normal(size=(2, 5)).astype("float32")
-    with tf.GradientTape() as tape:
-        logits = head.call(tf.constant(hidden))
-        loss = tf.reduce_sum(logits * weights)
-    rate_gradient, bias_gradient = tape.gradient(loss, [rates[1], head.bias])
     kernel = keras.ops.convert_to_numpy(head.kernel)
     bias = keras.ops.convert_to_numpy(head.bias)
-    np.testing.assert_allclose(logits.numpy(), hidden @ kernel + bias + 0.5, rtol=1e-5, atol=1e-5)
-    # One weight for the layer, moved by the sum of its filters' gradients (times the multiplier).
     np.testing.assert_allclose(
-        rate_gradient.numpy(), multiplier * bias_gradient.numpy().sum(), rtol=1e-5
+        keras.ops.convert_to_numpy(head.call(hidden)), hidden @ kernel + bias + 0.5, rtol=1e-5
     )
-    fresh = controller_class([3], [4])
-    fresh.build(None)  # the class is restored: no offsets
-    assert not any("layer_rate" in w.path for w in fresh.weights)
+    # Through the controller's call (inference gates: sigmoid of the scaled logits): the offset
+    # is one weight for the layer, moved by the sum of its filters' gradients times the multiplier.
+    inputs = tf.constant(np.random.default_rng(1).normal(size=(2, 3, 3, 6)).astype("float32"))
+    states = [tf.zeros((2, 8)), tf.zeros((2, 8))]
+    weights = np.random.default_rng(2).normal(size=(2, 5)).astype("float32")
+    with tf.GradientTape() as tape:
+        gate, _, _ = controller(inputs, states=states, index=1, training=False)
+        loss = tf.reduce_sum(gate * weights)
+    rate_gradient, bias_gradient = tape.gradient(loss, [rates[1], head.bias])
+    assert np.abs(bias_gradient.numpy()).max() > 1.0  # the controller's x300 reaches the bias
+    np.testing.assert_allclose(
+        rate_gradient.numpy(), multiplier * bias_gradient.numpy().sum(), rtol=1e-4
+    )
 
 
 def test_input_dependence_between_seeds_ignores_the_filters_rates():
