@@ -52,17 +52,17 @@ filters looks like noise):
 * `layer_shared_bias`: every filter of a gated layer uses the mean of its head's biases, so
   the biases move together, one rate per layer before the input's part (they start equal).
 
-A probe of how fast a layer's rate can move (session 19: at the end of training the mean
-gradient of every layer's gates still favours the fine-tuned filters, but per filter it is
-small against its noise; a layer's filters summed have about `sqrt(filters)` times the signal
-to noise of one filter):
+A probe of how fast a layer's rate can move (sessions 16 and 18 found that at the end of
+training the mean gradient of every layer's gates still favours the fine-tuned filters, but per
+filter it is small against its noise; a layer's filters summed have about `sqrt(filters)` times
+the signal to noise of one filter):
 
 * `layer_rate`: every gated layer gets one more weight, a scalar added to all its filters'
   logits (starting at 0, scaled like the rest of the controller). Its gradient is the sum of
   the filters' gradients, so the layer's rate moves `filters` times faster than a filter's bias
   does, and its noise only about `sqrt(filters)` times.
-* `layer_rate_x10`: the same with the offsets' gradient times 10. (The top layers' gates go to
-  the fine-tuned filters; the first layer's stay near their start.)
+* `layer_rate_x10`: the same with the offsets' gradient times 10. (Each layer's gates go all one
+  way per run: the top layers' to the fine-tuned filters, the lower ones' to either side.)
 * `ungated_stem`: the first convolution (`conv1_conv`, which sees the colour images) not gated
   (`wrap(exclude=)`): a plain fine-tuned convolution.
 
