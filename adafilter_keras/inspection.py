@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from adafilter_keras.layers.gate_controller import GateController
+from adafilter_keras.wrapping.graph import FunctionalGraph
 
 
 def find_controller(model):
@@ -87,11 +88,9 @@ def _gate_tensors(model, controller):
 
 def _calls(model, layer):
     """The nodes of `model`'s own graph at which `layer` is called (not other models' calls)."""
-    graph = getattr(model, "_nodes_by_depth", None)
-    if graph is None:  # a Sequential model keeps its graph in the functional model it builds
-        graph = getattr(getattr(model, "_functional", None), "_nodes_by_depth", None) or {}
-    own = {id(node) for nodes in graph.values() for node in nodes}
-    return [node for node in layer._inbound_nodes if id(node) in own]
+    if isinstance(model, keras.Sequential):  # its graph is that of the functional model it built
+        model = keras.Model(model.inputs, model.outputs)
+    return FunctionalGraph(model).nodes_of(layer)
 
 
 def _walk(model):
