@@ -77,6 +77,18 @@ def add_arguments(parser):
         "anew for another value, and it is part of every run's identity",
     )
     parser.add_argument(
+        "--large-epochs",
+        type=int,
+        help="epochs of a larger-regime run (default: 4, that is 312-752 steps on the three "
+        "tasks); part of every larger run's identity",
+    )
+    parser.add_argument(
+        "--large-steps",
+        type=int,
+        help="training steps of a larger-regime run, the same for every task, instead of "
+        "--large-epochs (e.g. 2000); part of every larger run's identity",
+    )
+    parser.add_argument(
         "--wrap-settings",
         metavar="JSON",
         help="wrap() settings for the gated methods instead of its defaults, as a JSON object, "
@@ -101,6 +113,8 @@ _FLAG_SETTINGS = (
     "shots",
     "image_size",
     "source_epochs",
+    "large_epochs",
+    "large_steps",
 )
 
 
@@ -120,6 +134,16 @@ def settings_from(args):
         )
     if "source_epochs" in overrides and overrides["source_epochs"] < 1:
         raise ValueError(f"`--source-epochs` must be >= 1. Received: {overrides['source_epochs']}")
+    for name in ("large_epochs", "large_steps"):
+        if name in overrides and overrides[name] < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"`{flag}` must be >= 1. Received: {overrides[name]}")
+    if "large_epochs" in overrides and "large_steps" in overrides:
+        raise ValueError(
+            "Pass `--large-epochs` or `--large-steps`, not both: each sets the length of a "
+            f"larger-regime run. Received: --large-epochs {overrides['large_epochs']} "
+            f"--large-steps {overrides['large_steps']}"
+        )
     if getattr(args, "wrap_settings", None):
         overrides["variant"] = wrap_settings(args.wrap_settings)
     return dataclasses.replace(settings, **overrides)
@@ -145,6 +169,12 @@ def wrap_settings(text):
     return check_gate_settings(settings)
 
 
+def _large_length(settings):
+    if settings.large_steps is not None:
+        return f"{settings.large_steps} steps"
+    return f"{settings.large_epochs} epochs"
+
+
 def note(settings):
     """What the table was run with, in words, for under the table."""
     return (
@@ -152,7 +182,7 @@ def note(settings):
         f"{settings.image_size} px for {settings.source_epochs} epochs; batch "
         f"{settings.batch_size}; few-shot: {settings.shots} images per class, "
         f"{settings.few_shot_steps} steps, seeds {list(settings.seeds)}; larger: up to 300 "
-        f"images per class, {settings.large_epochs} epochs, seeds {list(settings.large_seeds)}; "
+        f"images per class, {_large_length(settings)}, seeds {list(settings.large_seeds)}; "
         "20 validation images per class; accuracy after the last step (no selection on test)."
         + (
             f" Gated methods with wrap() settings {json.dumps(settings.variant)} instead of "

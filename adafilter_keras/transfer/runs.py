@@ -58,7 +58,9 @@ class BenchmarkSettings:
         width: Width of the `SmallResNet` backbone.
         batch_size: Training batch size.
         few_shot_steps: Training steps of a few-shot run.
-        large_epochs: Epochs of a larger-regime run.
+        large_epochs: Epochs of a larger-regime run, unless `large_steps` is set.
+        large_steps: Training steps of a larger-regime run, the same for every task (unset:
+            `large_epochs` epochs, 312-752 steps on the three tasks).
         source_epochs: Epochs of source pre-training.
         variant: Extra `wrap()` settings for the gated methods (investigations), as a dict;
             empty means `wrap()`'s defaults.
@@ -76,6 +78,7 @@ class BenchmarkSettings:
     batch_size: int = 16
     few_shot_steps: int = 150
     large_epochs: int = 4
+    large_steps: int | None = None
     source_epochs: int = 6
     variant: dict = dataclasses.field(default_factory=dict)
 
@@ -113,8 +116,11 @@ def run_key(settings, task, regime, method, optimizer, seed):
             "image_size": settings.image_size,
             "width": settings.width,
             "batch_size": settings.batch_size,
-            "steps": settings.few_shot_steps if regime == "few_shot" else None,
-            "epochs": settings.large_epochs if regime == "large" else None,
+            "steps": settings.few_shot_steps if regime == "few_shot" else settings.large_steps,
+            # Unset when the steps are: runs of an epoch count keep the key they always had.
+            "epochs": settings.large_epochs
+            if regime == "large" and settings.large_steps is None
+            else None,
             "source_epochs": settings.source_epochs,
             # The gated methods' resolved settings: a change of wrap()'s defaults is a new run.
             "variant": {**WRAP_DEFAULTS, **settings.variant}
@@ -267,6 +273,8 @@ class _Cell:
         self.train_size = len(probe_train[1])
         if regime == "few_shot":
             self.steps = settings.few_shot_steps
+        elif settings.large_steps is not None:
+            self.steps = settings.large_steps
         else:
             self.steps = settings.large_epochs * math.ceil(self.train_size / settings.batch_size)
         self.model = self._build(seed=0)
