@@ -117,6 +117,43 @@ def test_learned_vs_random_is_reported_on_validation_as_well_as_test():
     assert "| sgd | validation | +3.0 ± 12.7 | +3.00 ± 12.71 |" in table
 
 
+def test_targets_fail_on_one_cell_worse_than_its_interval_though_the_mean_is_level():
+    # Two cells, three seeds: adafilter ties in one (+1, -1, 0 points) and, in the other, is
+    # 2 points behind with almost no spread (-2.0, -2.1, -1.9): worse by more than its interval.
+    gains = {("digits", "large"): (1.0, -1.0, 0.0), ("domain", "large"): (-2.0, -2.1, -1.9)}
+    records = []
+    for (task, regime), points in gains.items():
+        for seed, point in enumerate(points):
+            base = 0.5 + 0.01 * seed
+            records += [
+                _record("finetune", seed, base, task, regime),
+                _record("adafilter", seed, base + point / 100, task, regime),
+                _record("stochastic", seed, base - 0.05 - point / 100, task, regime),
+            ]
+    verdicts = {(v["target"], v["split"]): v for v in report.targets(records)}
+    versus = verdicts["versus_finetune", "test"]
+    assert math.isclose(versus["mean"], -1.0) and versus["cells"] == 2
+    assert versus["level"] and not versus["ahead"]  # the mean's interval reaches zero ...
+    assert versus["worse_cells"] == ["domain large"] and not versus["met"]  # ... one cell not
+    random = verdicts["versus_random", "validation"]
+    assert random["met"] and math.isclose(random["mean"], 5.0 + 2 * -1.0)
+    table = report.markdown(records)
+    assert "| adafilter ≥ finetune | sgd | test | -1.00 ± " in table
+    assert "| no | domain large | — | no |" in table
+    # Without the method there is nothing to judge.
+    assert report.targets([r for r in records if r["method"] != "adafilter"]) == []
+    # With fine-tuning ahead by a hair in every cell and a wide spread, the target holds.
+    tied = [dict(r, test_accuracy=r["test_accuracy"] + (0.03 if r["seed"] == 0 else 0))
+            for r in records if r["method"] == "finetune"]  # fmt: skip
+    tied += [
+        dict(r, method="adafilter", test_accuracy=r["test_accuracy"] - 0.001)
+        for r in records
+        if r["method"] == "finetune"
+    ]
+    (held,) = [v for v in report.targets(tied) if v["split"] == "test"]
+    assert held["met"] and held["worse_cells"] == []
+
+
 TINY = BenchmarkSettings(
     tasks=("digits",),
     regimes=("few_shot",),
@@ -246,6 +283,42 @@ def test_source_model_flag_is_part_of_every_run_and_refuses_bad_values(
     assert note in command.note(changed)
     with pytest.raises(ValueError, match=re.escape(message)):
         command.settings_from(parser.parse_args([flag, refused]))
+
+
+def test_large_steps_flag_names_only_the_larger_runs_and_keeps_the_epoch_runs_keys():
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    default = command.settings_from(parser.parse_args([]))
+    stepped = command.settings_from(parser.parse_args(["--large-steps", "2000"]))
+    epochs = command.settings_from(parser.parse_args(["--large-epochs", "8"]))
+    assert stepped.large_steps == 2000 and default.large_steps is None and epochs.large_epochs == 8
+    for method in ("finetune", "adafilter"):
+        few = [run_key(s, "domain", "few_shot", method, "own", 0) for s in (default, stepped)]
+        large = [
+            run_key(s, "domain", "large", method, "own", 0) for s in (default, stepped, epochs)
+        ]
+        assert few[0] == few[1]  # the few-shot runs are shared
+        assert len(set(large)) == 3
+    # A run of epochs keeps the key it always had (runs made before `--large-steps` resume).
+    assert json.loads(run_key(default, "domain", "large", "finetune", "own", 0))["epochs"] == 4
+    assert json.loads(run_key(default, "domain", "large", "finetune", "own", 0))["steps"] is None
+    assert "2000 steps" in command.note(stepped) and "4 epochs" in command.note(default)
+    for flags, message in (
+        (["--large-steps", "0"], "`--large-steps` must be >= 1"),
+        (["--large-epochs", "0"], "`--large-epochs` must be >= 1"),
+        (["--large-epochs", "4", "--large-steps", "2000"], "not both"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            command.settings_from(parser.parse_args(flags))
+
+
+def test_larger_run_trains_for_large_steps_whatever_the_task_size(tmp_path):
+    settings = dataclasses.replace(
+        TINY, regimes=("large",), methods=("finetune",), large_seeds=(0,), large_steps=3
+    )
+    records = Benchmark(settings, tmp_path, stream=io.StringIO()).run()
+    assert [r["steps"] for r in records] == [3]
+    assert records[0]["train_size"] > 3 * settings.batch_size  # fewer steps than one epoch
 
 
 def test_adam_is_an_investigation_optimizer_outside_the_default_pair():

@@ -112,6 +112,101 @@ def gate_summary(records, method="adafilter"):
     }
 
 
+def targets(records, method="adafilter"):
+    """The benchmark's two targets for `method`, read from the runs, per optimizer and split.
+
+    * `versus_finetune`: at least as good as fine-tuning. `mean` is the mean over cells of the
+      paired difference, `interval` its 95% half-width. `level` holds when that interval
+      reaches zero or above (not worse on the mean by more than the noise); `ahead` when the
+      mean itself is >= 0; `worse_cells` lists the cells worse than fine-tuning by more than
+      their own interval. `met` is `level` with no such cell.
+    * `versus_random`: learned gates better than random ones (`method - stochastic`). `met`
+      when the mean exceeds its interval. `disagreement` is the range over cells of how often
+      two examples' gates differ (`gate_summary`): how much the gates depend on the input.
+
+    Returns:
+        A list of dicts, one per (target, optimizer, split), for the cells where both methods
+        were run; empty when `method` was not.
+    """
+    verdicts = []
+    gates = gate_summary(records, method)
+    for split, metric in (("test", "test_accuracy"), ("validation", "val_accuracy")):
+        against = {
+            "versus_finetune": [r for r in compare(records, metric) if r["method"] == method],
+            "versus_random": pair_methods(records, method, "stochastic", metric),
+        }
+        for target, rows in against.items():
+            for optimizer in sorted({r["optimizer"] for r in rows}):
+                cells = [
+                    r
+                    for r in rows
+                    if r["optimizer"] == optimizer and not math.isnan(r["difference"])
+                ]
+                if not cells:
+                    continue
+                mean, interval = overall(cells)
+                verdict = {
+                    "target": target,
+                    "optimizer": optimizer,
+                    "split": split,
+                    "cells": len(cells),
+                    "mean": mean,
+                    "interval": interval,
+                }
+                if target == "versus_finetune":
+                    worse = [
+                        f"{r['task']} {r['regime']}"
+                        for r in cells
+                        if r["difference"] + r["interval"] < 0
+                    ]
+                    verdict.update(
+                        level=bool(mean + interval >= 0),
+                        ahead=bool(mean >= 0),
+                        worse_cells=worse,
+                        met=bool(mean + interval >= 0 and not worse),
+                    )
+                else:
+                    spread = [
+                        values["disagreement"]
+                        for (_, _, o), values in gates.items()
+                        if o == optimizer
+                    ]
+                    verdict.update(
+                        met=bool(mean - interval > 0),
+                        disagreement=[min(spread), max(spread)] if spread else None,
+                    )
+                verdicts.append(verdict)
+    return verdicts
+
+
+def _targets_markdown(verdicts):
+    lines = [
+        "**Targets** (mean over cells ± 95% interval, points; against fine-tuning: met when the "
+        "mean's interval reaches zero and no cell is worse by more than its own interval; "
+        "against random gates: met when the mean exceeds its interval)",
+        "",
+        "| target | optimizer | split | mean | mean ≥ 0 | cells worse by more than their "
+        "interval | gates' disagreement | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"versus_finetune": "adafilter ≥ finetune", "versus_random": "learned > random"}
+    order = {"versus_finetune": 0, "versus_random": 1}
+    for verdict in sorted(verdicts, key=lambda v: (order[v["target"]], v["optimizer"])):
+        worse = verdict.get("worse_cells")
+        spread = verdict.get("disagreement")
+        lines.append(
+            f"| {names[verdict['target']]} | {verdict['optimizer']} | {verdict['split']} | "
+            f"{verdict['mean']:+.2f} ± {verdict['interval']:.2f} ({verdict['cells']} cells) | "
+            f"{'yes' if verdict['mean'] >= 0 else 'no'} | "
+            + ("—" if worse is None else ", ".join(worse) or "none")
+            + " | "
+            + ("—" if not spread else f"{spread[0]:.3f}-{spread[1]:.3f}")
+            + f" | {'yes' if verdict['met'] else 'no'} |"
+        )
+    lines.append("")
+    return lines
+
+
 def _cell(row):
     if math.isnan(row["difference"]):
         return f"{row['accuracy']:.1f}"
@@ -196,6 +291,9 @@ def markdown(records, settings_note=""):
                 f"{values['train_inference_agreement']:.2f} |"
             )
         lines.append("")
+    verdicts = targets(records)
+    if verdicts:
+        lines.extend(_targets_markdown(verdicts))
     if settings_note:
         lines.append(settings_note)
     return "\n".join(lines)
@@ -283,6 +381,7 @@ def write(records, output_dir, settings_note=""):
         "validation_learned_vs_random": pair_methods(
             records, "adafilter", "stochastic", "val_accuracy"
         ),
+        "targets": targets(records),
         "gates": [
             {"task": t, "regime": g, "optimizer": o, **values}
             for (t, g, o), values in sorted(gate_summary(records).items())
