@@ -197,7 +197,8 @@ def _targets_markdown(verdicts):
         lines.append(
             f"| {names[verdict['target']]} | {verdict['optimizer']} | {verdict['split']} | "
             f"{verdict['mean']:+.2f} ± {verdict['interval']:.2f} ({verdict['cells']} cells) | "
-            f"{'yes' if verdict['mean'] >= 0 else 'no'} | "
+            + ("—" if "ahead" not in verdict else "yes" if verdict["ahead"] else "no")
+            + " | "
             + ("—" if worse is None else ", ".join(worse) or "none")
             + " | "
             + ("—" if not spread else f"{spread[0]:.3f}-{spread[1]:.3f}")
