@@ -285,24 +285,28 @@ def test_source_model_flag_is_part_of_every_run_and_refuses_bad_values(
         command.settings_from(parser.parse_args([flag, refused]))
 
 
-def test_large_steps_flag_names_only_the_larger_runs_and_keeps_the_epoch_runs_keys():
+def test_larger_regime_is_2000_steps_and_3_seeds_and_epoch_runs_keep_their_keys():
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     default = command.settings_from(parser.parse_args([]))
-    stepped = command.settings_from(parser.parse_args(["--large-steps", "2000"]))
-    epochs = command.settings_from(parser.parse_args(["--large-epochs", "8"]))
-    assert stepped.large_steps == 2000 and default.large_steps is None and epochs.large_epochs == 8
+    assert default.large_steps == 2000 and default.large_seeds == (0, 1, 2)
+    assert default.total_runs() == 288  # 180 few-shot + 108 larger
+    epochs = command.settings_from(parser.parse_args(["--large-epochs", "4"]))
+    longer = command.settings_from(parser.parse_args(["--large-steps", "3000"]))
+    assert epochs.large_steps is None and longer.large_steps == 3000
+    # `--large-epochs 4` names the larger runs committed before session 20, as they were keyed.
+    legacy = BenchmarkSettings()
     for method in ("finetune", "adafilter"):
-        few = [run_key(s, "domain", "few_shot", method, "own", 0) for s in (default, stepped)]
-        large = [
-            run_key(s, "domain", "large", method, "own", 0) for s in (default, stepped, epochs)
-        ]
-        assert few[0] == few[1]  # the few-shot runs are shared
+        assert run_key(epochs, "domain", "large", method, "own", 0) == run_key(
+            legacy, "domain", "large", method, "own", 0
+        )
+        large = [run_key(s, "domain", "large", method, "own", 0) for s in (default, epochs, longer)]
         assert len(set(large)) == 3
-    # A run of epochs keeps the key it always had (runs made before `--large-steps` resume).
-    assert json.loads(run_key(default, "domain", "large", "finetune", "own", 0))["epochs"] == 4
-    assert json.loads(run_key(default, "domain", "large", "finetune", "own", 0))["steps"] is None
-    assert "2000 steps" in command.note(stepped) and "4 epochs" in command.note(default)
+        few = [run_key(s, "domain", "few_shot", method, "own", 0) for s in (default, legacy)]
+        assert few[0] == few[1]  # the few-shot runs are shared
+    key = json.loads(run_key(epochs, "domain", "large", "finetune", "own", 0))
+    assert key["epochs"] == 4 and key["steps"] is None
+    assert "2000 steps" in command.note(default) and "4 epochs" in command.note(epochs)
     for flags, message in (
         (["--large-steps", "0"], "`--large-steps` must be >= 1"),
         (["--large-epochs", "0"], "`--large-epochs` must be >= 1"),
