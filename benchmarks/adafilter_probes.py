@@ -1,6 +1,7 @@
 """What keeps AdaFilter behind fine-tuning? Changes to how it trains, paired with the benchmark.
 
-Each probe trains AdaFilter exactly as the transfer benchmark does with one thing changed, and
+Each probe trains AdaFilter exactly as the transfer benchmark did before session 20 (larger
+regime: 4 epochs, seeds 0-4; `BenchmarkSettings()`'s defaults) with one thing changed, and
 pairs every run with the benchmark's `finetune` and default `adafilter` runs (same source
 models, seeds, images and order). Probes of the training-time gate estimator (inference is
 unchanged; in training the library draws hard gates with logistic noise, straight-through):
@@ -312,6 +313,17 @@ def build_parser():
     return parser
 
 
+def _same_budget(record, settings):
+    """Whether a baseline run had the probe's budget (steps or epochs, shots, sizes, source)."""
+    key = json.loads(record["key"])
+    mine = json.loads(
+        benchmark_runs.run_key(
+            settings, key["task"], key["regime"], "adafilter", key["optimizer"], key["seed"]
+        )
+    )
+    return all(key[name] == mine[name] for name in mine if name not in ("method", "variant"))
+
+
 def _is_default(record):
     return json.loads(record["key"])["variant"] == WRAP_DEFAULTS
 
@@ -345,7 +357,14 @@ def main(argv=None):
         for r in benchmark_runs.Benchmark(settings, baseline).done().values()
         if (r["task"], r["regime"], r["optimizer"]) in cells
         and (r["method"] == "finetune" or (r["method"] == "adafilter" and _is_default(r)))
+        and _same_budget(r, settings)
     ]
+    if not base:
+        raise SystemExit(
+            f"No finetune or default adafilter runs in --baseline-runs {baseline} with this "
+            "probe's budget (larger regime: 4 epochs, seeds 0-4, the benchmark before session "
+            "20): pair it with such a directory, e.g. benchmarks/results/transfer."
+        )
     probe = [dict(r, method="probe") for r in probe]
     print(f"AdaFilter under the probe {args.probe!r}, points (mean ± 95% interval)")
     print("| optimizer | split | probe − finetune | probe − default adafilter | cells |")

@@ -57,6 +57,17 @@ def main(argv=None):
         for line in path.read_text().splitlines():
             record = json.loads(line)
             runs[record["key"]] = record
+    lengths = {
+        (key["steps"], key["epochs"])
+        for key in (json.loads(r["key"]) for r in runs.values())
+        if key["regime"] == "large"
+    }
+    if len(lengths) > 1:
+        raise SystemExit(
+            f"The larger runs in {', '.join(directories)} have different lengths "
+            f"((steps, epochs): {sorted(lengths, key=str)}): their seeds would be paired across "
+            "lengths. Compare directories whose larger runs have one length."
+        )
     records = []
     for record in runs.values():
         settings = json.loads(record["key"])["variant"]

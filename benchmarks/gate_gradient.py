@@ -1,20 +1,20 @@
 """Where do the gates stand at the end of training, and what does their gradient say?
 
-Trains AdaFilter exactly as the transfer benchmark does (one cell, the benchmark's source
-models) and then, on the run's training images in the benchmark's batches of 16 (training-mode
-forward passes: noisy hard gates, batch statistics), records for every gated layer, per example
-and filter, the gate, the gradient of the loss with respect to the gate (`dL/dg`: negative
-means the fine-tuned filter would lower the loss) and the gate's logit. It prints, per layer,
-the mean of `dL/dg` against its per-example size, how many filters' mean gradient is
-significant (|t| > 2), and how the logits split into the heads' biases (one per filter) and the
-part that depends on the input. With several seeds it also prints how well the filters'
-rates agree between seeds: every seed starts from the same source model, so filter k is the
-same pre-trained filter in every run, and a rate that the data sets should come back in
-another run, while one that the gradient's noise sets should not; and the same for the part of
-the gates that depends on the input: each (test image, filter) inference gate's deviation from
-its filter's mean, compared between seeds on the task's fixed test images. Results (with each
-filter's rate and mean gradient) go to OUTPUT_DIR/gate_gradient.json, the agreement between
-seeds to OUTPUT_DIR/between_seeds.json. TensorFlow only.
+Trains AdaFilter exactly as the transfer benchmark did before session 20 (one cell, larger
+regime 4 epochs, the benchmark's source models) and then, on the run's training images in the
+benchmark's batches of 16 (training-mode forward passes: noisy hard gates, batch statistics),
+records for every gated layer, per example and filter, the gate, the gradient of the loss with
+respect to the gate (`dL/dg`: negative means the fine-tuned filter would lower the loss) and the
+gate's logit. It prints, per layer, the mean of `dL/dg` against its per-example size, how many
+filters' mean gradient is significant (|t| > 2), and how the logits split into the heads' biases
+(one per filter) and the part that depends on the input. With several seeds it also prints how
+well the filters' rates agree between seeds: every seed starts from the same source model, so
+filter k is the same pre-trained filter in every run, and a rate that the data sets should come
+back in another run, while one that the gradient's noise sets should not; and the same for the
+part of the gates that depends on the input: each (test image, filter) inference gate's
+deviation from its filter's mean, compared between seeds on the task's fixed test images.
+Results (with each filter's rate and mean gradient) go to OUTPUT_DIR/gate_gradient.json, the
+agreement between seeds to OUTPUT_DIR/between_seeds.json. TensorFlow only.
 
     python benchmarks/gate_gradient.py --output-dir benchmarks/results/gate_gradient \\
         --sources benchmarks/results/transfer/sources --task domain --regime large --seeds 0 1 2

@@ -1,11 +1,11 @@
 """Does AdaFilter lose to fine-tuning by overfitting, by fitting more slowly, or at inference?
 
 Trains `finetune` and `adafilter` exactly as the benchmark does (`--large-epochs` 4 is the
-benchmark's run bit for bit) and records, per run, the loss and accuracy on the run's own
-training images (scored at inference, after the last step) next to validation and test. For
-AdaFilter it also scores the trained model with every learned gate forced to the fine-tuned
-filter at inference (`forced_finetuned_*`): if the pre-trained choices at inference were what
-costs, forcing them away would recover the gap. Runs go to OUTPUT_DIR/runs.jsonl (resumed);
+benchmark's run before session 20, bit for bit) and records, per run, the loss and accuracy on
+the run's own training images (scored at inference, after the last step) next to validation and
+test. For AdaFilter it also scores the trained model with every learned gate forced to the fine-
+tuned filter at inference (`forced_finetuned_*`): if the pre-trained choices at inference were
+what costs, forcing them away would recover the gap. Runs go to OUTPUT_DIR/runs.jsonl (resumed);
 the table pairs the methods by seed.
 
     python benchmarks/training_fit.py --output-dir benchmarks/results/training_fit \\
@@ -93,7 +93,7 @@ def build_parser():
         nargs="+",
         type=int,
         default=[4],
-        help="epochs of a larger-regime run; 4 is the benchmark's (default: 4)",
+        help="epochs of a larger-regime run; 4 is the benchmark's before session 20 (default: 4)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     return parser

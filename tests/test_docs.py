@@ -329,6 +329,58 @@ def test_the_check_catches_drift(text, why):
         check(Command("test", 0, text))
 
 
+RESULTS = pathlib.Path("benchmarks") / "results"
+
+
+def _committed_benchmark_commands():
+    """The documented `adafilter-keras benchmark` commands that name a committed results folder."""
+    found = []
+    for command in BASH_COMMANDS + INLINE_COMMANDS:
+        argv = shlex.split(command.text)
+        if argv[:2] != ["adafilter-keras", "benchmark"]:
+            continue
+        output_dir = cli.build_parser().parse_args(argv[1:]).output_dir
+        if RESULTS in pathlib.Path(output_dir).parents:
+            found.append(command)
+    return found
+
+
+COMMITTED_BENCHMARK_COMMANDS = _committed_benchmark_commands()
+
+
+@pytest.mark.parametrize(
+    "command", COMMITTED_BENCHMARK_COMMANDS, ids=_ids(COMMITTED_BENCHMARK_COMMANDS)
+)
+def test_documented_benchmark_command_resumes_its_committed_runs(command):
+    """Run again, a documented benchmark command finds every run it names and runs nothing."""
+    import json
+
+    from adafilter_keras.transfer.runs import run_key
+
+    args = cli.build_parser().parse_args(shlex.split(command.text)[1:])
+    settings = transfer_command.settings_from(args)
+    runs = ROOT / args.output_dir / "runs.jsonl"
+    if not runs.exists():
+        command.fail(f"names {args.output_dir}, which has no committed runs.jsonl")
+    done = {json.loads(line)["key"] for line in runs.read_text().splitlines() if line.strip()}
+    missing = [
+        (cell, seed)
+        for cell in settings.cells()
+        for seed in settings.seeds_of(cell[1])
+        if run_key(settings, *cell, seed) not in done
+    ]
+    if missing:
+        command.fail(
+            f"would run {len(missing)} of {settings.total_runs()} runs that "
+            f"{args.output_dir} does not hold (first: {missing[0]}); give the flags its runs "
+            "were made with (e.g. --large-epochs 4 --large-seeds 0 1 2 3 4)"
+        )
+
+
+def test_committed_benchmark_commands_are_checked():
+    assert len(COMMITTED_BENCHMARK_COMMANDS) >= 20
+
+
 def test_the_cheapest_documented_command_runs(capsys):
     documented = [c for c in BASH_COMMANDS if c.text == "adafilter-keras datasets"]
     assert documented, "`adafilter-keras datasets` is no longer documented; run another command"

@@ -151,7 +151,16 @@ def test_targets_fail_on_one_cell_worse_than_its_interval_though_the_mean_is_lev
         if r["method"] == "finetune"
     ]
     (held,) = [v for v in report.targets(tied) if v["split"] == "test"]
-    assert held["met"] and held["worse_cells"] == []
+    assert held["met"] and held["level"] and not held["ahead"] and held["worse_cells"] == []
+    # One seed in a cell: no interval, so no verdict rather than a wrong "no".
+    single = [r for r in records if r["task"] == "digits" or r["seed"] == 0]
+    (alone,) = [
+        v
+        for v in report.targets(single)
+        if v["split"] == "test" and v["target"] == "versus_finetune"
+    ]
+    assert alone["met"] is None and alone["level"] is None and alone["worse_cells"] == []
+    assert "undetermined" in report.markdown(single)
 
 
 TINY = BenchmarkSettings(
@@ -770,3 +779,27 @@ def test_probe_refuses_a_baseline_without_its_source_models(tmp_path):
             ]
         )
     assert not (tmp_path / "out" / "sources").exists()
+
+
+def test_probes_pair_only_with_baseline_runs_of_their_budget():
+    script = _benchmark_script("adafilter_probes")
+    settings = BenchmarkSettings(methods=("adafilter",))  # the probes' 4-epoch budget
+    stepped = dataclasses.replace(settings, large_steps=2000)
+    for regime, matches in (("few_shot", True), ("large", False)):
+        record = {"key": run_key(stepped, "domain", regime, "finetune", "own", 3)}
+        assert script._same_budget(record, settings) == matches
+    same = {"key": run_key(settings, "domain", "large", "finetune", "own", 3)}
+    assert script._same_budget(same, settings)
+
+
+def test_compare_variants_refuses_larger_runs_of_two_lengths(tmp_path):
+    script = _benchmark_script("compare_variants")
+    stepped = BenchmarkSettings(large_steps=2000)
+    record = _record("adafilter", 0, 0.5, "domain", "large")
+    lines = [
+        dict(record, key=run_key(s, "domain", "large", "adafilter", "sgd", 0))
+        for s in (BenchmarkSettings(), stepped)
+    ]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(SystemExit, match="different lengths"):
+        script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.7}'])

@@ -23,7 +23,13 @@ PRESETS = {
     # where 4 epochs were 312-752; 5 seeds of those do not fit in its 2 hours, 3 do.
     "full": BenchmarkSettings(large_steps=2000, large_seeds=(0, 1, 2)),
     # For iterating: one task, few-shot, 3 seeds (about 10 minutes on 2 CPU cores).
-    "quick": BenchmarkSettings(tasks=("digits",), regimes=("few_shot",), seeds=(0, 1, 2)),
+    "quick": BenchmarkSettings(
+        tasks=("digits",),
+        regimes=("few_shot",),
+        seeds=(0, 1, 2),
+        large_steps=2000,
+        large_seeds=(0, 1, 2),
+    ),
 }
 
 
@@ -211,6 +217,14 @@ def run(args, stream=None):
         records = [r for r in benchmark.done().values() if _wanted(r, settings)]
         if not records:
             raise ValueError(f"No runs of these settings in {benchmark.results_path} yet.")
+        if len(records) < settings.total_runs():
+            print(
+                f"Only {len(records)} of the {settings.total_runs()} runs of these settings are "
+                f"in {benchmark.results_path}: the report covers those. Run without "
+                "--report-only to add the others, or give the flags the runs were made with "
+                "(e.g. --large-epochs 4 --large-seeds 0 1 2 3 4 for runs made before session 20).",
+                file=stream,
+            )
     else:
         records = benchmark.run()
     table = report.write(records, pathlib.Path(args.output_dir), note(settings))

@@ -119,10 +119,13 @@ def targets(records, method="adafilter"):
       paired difference, `interval` its 95% half-width. `level` holds when that interval
       reaches zero or above (not worse on the mean by more than the noise); `ahead` when the
       mean itself is >= 0; `worse_cells` lists the cells worse than fine-tuning by more than
-      their own interval. `met` is `level` with no such cell.
+      their own interval. `met` is `level` with no such cell. Where a cell has a single
+      paired seed (no interval), `level` and `met` are None (undetermined) unless a cell is
+      already worse by more than its interval.
     * `versus_random`: learned gates better than random ones (`method - stochastic`). `met`
-      when the mean exceeds its interval. `disagreement` is the range over cells of how often
-      two examples' gates differ (`gate_summary`): how much the gates depend on the input.
+      when the mean exceeds its interval (None when undetermined). `disagreement` is the
+      range over cells of how often two examples' gates differ (`gate_summary`): how much
+      the gates depend on the input.
 
     Returns:
         A list of dicts, one per (target, optimizer, split), for the cells where both methods
@@ -145,6 +148,9 @@ def targets(records, method="adafilter"):
                 if not cells:
                     continue
                 mean, interval = overall(cells)
+                # A cell with one paired seed has no interval, and the mean then has none:
+                # the verdict is undetermined (None) rather than "not met".
+                known = not math.isnan(interval)
                 verdict = {
                     "target": target,
                     "optimizer": optimizer,
@@ -159,11 +165,12 @@ def targets(records, method="adafilter"):
                         for r in cells
                         if r["difference"] + r["interval"] < 0
                     ]
+                    level = bool(mean + interval >= 0) if known else None
                     verdict.update(
-                        level=bool(mean + interval >= 0),
+                        level=level,
                         ahead=bool(mean >= 0),
                         worse_cells=worse,
-                        met=bool(mean + interval >= 0 and not worse),
+                        met=False if worse else level,
                     )
                 else:
                     spread = [
@@ -172,11 +179,15 @@ def targets(records, method="adafilter"):
                         if o == optimizer
                     ]
                     verdict.update(
-                        met=bool(mean - interval > 0),
+                        met=bool(mean - interval > 0) if known else None,
                         disagreement=[min(spread), max(spread)] if spread else None,
                     )
                 verdicts.append(verdict)
     return verdicts
+
+
+def _verdict(met):
+    return "undetermined (a cell with one seed)" if met is None else "yes" if met else "no"
 
 
 def _targets_markdown(verdicts):
@@ -202,7 +213,7 @@ def _targets_markdown(verdicts):
             + ("—" if worse is None else ", ".join(worse) or "none")
             + " | "
             + ("—" if not spread else f"{spread[0]:.3f}-{spread[1]:.3f}")
-            + f" | {'yes' if verdict['met'] else 'no'} |"
+            + f" | {_verdict(verdict['met'])} |"
         )
     lines.append("")
     return lines

@@ -44,7 +44,11 @@ BN_MOMENTUM = 0.9
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkSettings:
-    """What to run. Every field is part of a run's identity in `runs.jsonl`.
+    """What to run. Every field that changes a run is part of its identity in `runs.jsonl`.
+
+    The defaults are the benchmark before session 20 (larger regime: 4 epochs, seeds 0-4), which
+    the investigation scripts in `benchmarks/` pair with; `adafilter-keras benchmark`'s presets
+    (`command.PRESETS`) run the larger regime for 2,000 steps with seeds 0-2.
 
     Attributes:
         tasks: Task names (`tasks.TASKS`).
