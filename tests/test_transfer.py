@@ -803,3 +803,11 @@ def test_compare_variants_refuses_larger_runs_of_two_lengths(tmp_path):
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(SystemExit, match="different lengths"):
         script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.7}'])
+
+
+def test_report_only_keeps_to_the_seeds_and_cells_its_settings_name():
+    settings = dataclasses.replace(TINY, seeds=(0,))
+    for seed, task, wanted in ((0, "digits", True), (1, "digits", False), (0, "classes", False)):
+        key = run_key(settings, task, "few_shot", "adafilter", "sgd", seed)
+        record = dict(_record("adafilter", seed, 0.5, task), key=key)
+        assert command._wanted(record, settings) == wanted

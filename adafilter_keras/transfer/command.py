@@ -242,6 +242,11 @@ def run(args, stream=None):
 def _wanted(record, settings):
     from adafilter_keras.transfer.runs import run_key
 
+    # The key holds no seed list: a run of seed 3 has the same key under settings with seeds
+    # 0-2, so the seeds (and cells) the settings name are checked as well.
+    cell = (record["task"], record["regime"], record["method"], record["optimizer"])
+    if cell not in settings.cells() or record["seed"] not in settings.seeds_of(cell[1]):
+        return False
     return record["key"] == run_key(
         settings,
         record["task"],

@@ -207,7 +207,8 @@ def _targets_markdown(verdicts):
         spread = verdict.get("disagreement")
         lines.append(
             f"| {names[verdict['target']]} | {verdict['optimizer']} | {verdict['split']} | "
-            f"{verdict['mean']:+.2f} ± {verdict['interval']:.2f} ({verdict['cells']} cells) | "
+            f"{verdict['mean']:+.2f} ± {verdict['interval']:.2f} "
+            f"({verdict['cells']} cell{'' if verdict['cells'] == 1 else 's'}) | "
             + ("—" if "ahead" not in verdict else "yes" if verdict["ahead"] else "no")
             + " | "
             + ("—" if worse is None else ", ".join(worse) or "none")
