@@ -17,19 +17,14 @@ from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
 from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 from adafilter_keras.wrapping.wrap import check_gate_settings
 
+# Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers, 5 seeds few-shot and 3 in the
+# larger regime (288 runs). The larger regime has thousands of steps: 2,000 a run,
+# where 4 epochs were 312-752; 5 seeds of those do not fit in its 2 hours, 3 do.
+_FULL = BenchmarkSettings(large_steps=2000, large_seeds=(0, 1, 2))
 PRESETS = {
-    # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers, 5 seeds few-shot and 3 in the
-    # larger regime (288 runs). The larger regime has thousands of steps: 2,000 a run,
-    # where 4 epochs were 312-752; 5 seeds of those do not fit in its 2 hours, 3 do.
-    "full": BenchmarkSettings(large_steps=2000, large_seeds=(0, 1, 2)),
+    "full": _FULL,
     # For iterating: one task, few-shot, 3 seeds (about 10 minutes on 2 CPU cores).
-    "quick": BenchmarkSettings(
-        tasks=("digits",),
-        regimes=("few_shot",),
-        seeds=(0, 1, 2),
-        large_steps=2000,
-        large_seeds=(0, 1, 2),
-    ),
+    "quick": dataclasses.replace(_FULL, tasks=("digits",), regimes=("few_shot",), seeds=(0, 1, 2)),
 }
 
 
