@@ -15,17 +15,27 @@ random synthetic data, SGD with momentum, same compile settings):
 It runs warm-up steps (compilation excluded), then `--repeats` rounds that time one
 `train_on_batch` of each method in turn (alternating, so drifts of the machine hit all methods
 alike), and reports the median ms/step, img/s and the ratio against `finetune`. Memory is
-measured separately for each method in a fresh subprocess, after warm-up steps, as the backend
-counts it: on TensorFlow the allocator's peak during one training step (CPU: with the BFC
-allocator, which keeps the count) and the bytes it held just before (weights, optimizer state,
-anything the runtime keeps); on JAX with a GPU the device's peak and current bytes in use; on JAX
-with a CPU, XLA's buffer sizes of the compiled step (arguments: the state; plus temporaries).
-Prints a Markdown table and writes JSON.
+measured for each method after its warm-up steps, as the backend counts it:
+
+* TensorFlow: in a fresh subprocess per method, the allocator's peak during one training step
+  (CPU: with the BFC allocator, which keeps the count) and the bytes it held just before
+  (weights, optimizer state, anything the runtime keeps);
+* JAX (CPU or GPU): XLA's buffer sizes of the compiled training step, read in the timing process
+  from the step Keras already compiled (no second compilation): arguments (the state) plus
+  temporaries. On a GPU the device's peak bytes in use over the whole process is recorded too;
+* PyTorch with a GPU: `torch.cuda`'s peak during one step and the bytes allocated just before, in
+  the timing process; with a CPU it is not measured (the CPU allocator keeps no count).
+
+`--profile` adds, after the timing, a profile of one training step of `finetune` and
+`adafilter`: on PyTorch `torch.profiler`'s table of the ops that take the most time; on JAX
+XLA's cost analysis of the compiled step (floating-point operations and bytes accessed). Prints a
+Markdown table and writes JSON.
 
 `--backends` runs the whole measurement once per Keras backend, each in its own process (one after
-the other, so they do not compete for cores), and prints one table with a backend column. On
-PyTorch with a GPU, memory is `torch.cuda`'s peak and current bytes; on PyTorch with a CPU it is
-not measured (the CPU allocator keeps no count).
+the other, so they do not compete for cores), and prints one table with a backend column.
+
+On a JAX GPU the script turns off JAX's pre-allocation of most of the device's memory
+(`XLA_PYTHON_CLIENT_PREALLOCATE=false`, unless set) so that memory is allocated as it is used.
 """
 
 import argparse
@@ -73,11 +83,17 @@ def batch(batch_size, image_size):
 
 
 def time_methods(args, image_size):
+    """Returns the median seconds per step of each method, and the in-process memory records."""
+    import keras
+
     models = {m: build(m, args.backbone, image_size) for m in METHODS}
     x, y = batch(args.batch_size, image_size)
-    for model in models.values():
+    memory = {}
+    for method, model in models.items():
         for _ in range(args.warmup):
             model.train_on_batch(x, y)
+        if not args.no_memory and keras.backend.backend() != "tensorflow":
+            memory[method] = step_memory(model, x, y)
     times = {m: [] for m in METHODS}
     for _ in range(args.repeats):
         for method, model in models.items():
@@ -85,10 +101,55 @@ def time_methods(args, image_size):
             loss = model.train_on_batch(x, y)
             float(np.asarray(loss))  # wait for the step to finish (asynchronous backends)
             times[method].append(time.perf_counter() - start)
-    return {m: statistics.median(t) for m, t in times.items()}
+    profiles = {}
+    if args.profile:
+        profiles = {m: profile_step(models[m], x, y) for m in ("finetune", "adafilter")}
+    return {m: statistics.median(t) for m, t in times.items()}, memory, profiles
 
 
-def peak_memory(args, method, image_size):
+def step_memory(model, x, y):
+    """The memory record of one training step of `model`, as the current backend counts it."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_step_memory(model, x, y)
+    if backend == "jax":
+        return _jax_step_memory(model, x, y)
+    return _torch_step_memory(model, x, y)
+
+
+def profile_step(model, x, y):
+    """A profile of one training step: the costliest ops (PyTorch) or XLA's cost analysis (JAX)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        analysis = _jax_compiled_step(model, x, y).cost_analysis()
+        if isinstance(analysis, list):  # older jaxlib: one dict per device
+            analysis = analysis[0]
+        return {
+            "kind": "XLA cost analysis of the compiled step",
+            "flops": analysis.get("flops"),
+            "bytes_accessed": analysis.get("bytes accessed"),
+        }
+    if keras.backend.backend() == "torch":
+        import torch
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(3):
+                model.train_on_batch(x, y)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        sort_by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        table = profiler.key_averages().table(sort_by=sort_by, row_limit=25)
+        return {"kind": f"torch.profiler, 3 steps, sorted by {sort_by}", "table": table}
+    return {"kind": "not profiled (use the TensorFlow profiler through TensorBoard)"}
+
+
+def subprocess_memory(args, method, image_size):
     """Runs one method's training steps in a fresh process; returns its memory record."""
     command = [
         sys.executable, __file__, "--measure-memory", method, "--image-size", str(image_size),
@@ -114,14 +175,7 @@ def _measure_memory(args):
     x, y = batch(args.batch_size, image_size)
     for _ in range(max(args.warmup, 2)):
         model.train_on_batch(x, y)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        record = _tensorflow_step_memory(model, x, y)
-    elif backend == "jax":
-        record = _jax_step_memory(model, x, y)
-    else:
-        record = _torch_step_memory(model, x, y)
-    print(json.dumps(record))
+    print(json.dumps(step_memory(model, x, y)))
 
 
 def _torch_step_memory(model, x, y):
@@ -148,18 +202,15 @@ def _tensorflow_step_memory(model, x, y):
     return {"peak": peak, "held": held, "kind": f"TensorFlow allocator, {device}"}
 
 
-def _jax_step_memory(model, x, y):
+def _jax_compiled_step(model, x, y):
+    """The training step Keras's JAX trainer compiled for `model` on batches like `(x, y)`.
+
+    Lowering the same function on arguments of the same shapes finds JAX's cached executable, so
+    this costs no second compilation (measured: milliseconds after the first `train_on_batch`).
+    The state is what the trainer passes to its jitted train_step (a private API of Keras).
+    """
     import jax
 
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:  # an accelerator
-        return {
-            "peak": stats["peak_bytes_in_use"],
-            "held": stats["bytes_in_use"],
-            "kind": f"JAX device peak, {jax.devices()[0].device_kind}",
-        }
-    # The CPU client keeps no statistics: ask XLA what the compiled step needs instead. The
-    # state is what Keras's JAX trainer passes to its jitted train_step (a private API).
     state = model._get_jax_state(
         trainable_variables=True,
         non_trainable_variables=True,
@@ -167,10 +218,20 @@ def _jax_step_memory(model, x, y):
         metrics_variables=True,
         purge_model_variables=False,
     )
-    compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, (x, y, None)).compile()
-    analysis = compiled.memory_analysis()
+    return jax.jit(model.train_step, donate_argnums=0).lower(state, (x, y, None)).compile()
+
+
+def _jax_step_memory(model, x, y):
+    import jax
+
+    analysis = _jax_compiled_step(model, x, y).memory_analysis()
     held = analysis.argument_size_in_bytes
-    return {"peak": held + analysis.temp_size_in_bytes, "held": held, "kind": "XLA buffers, CPU"}
+    device = jax.devices()[0]
+    return {
+        "peak": held + analysis.temp_size_in_bytes,
+        "held": held,
+        "kind": f"XLA buffers of the compiled step, {device.platform.upper()} ({device.device_kind})",
+    }
 
 
 def machine_facts():
@@ -187,6 +248,13 @@ def machine_facts():
         import jax
 
         facts["device"] = str(jax.devices()[0].device_kind)
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:  # an accelerator keeps the count
+            facts["process_peak_device_memory_mb"] = stats["peak_bytes_in_use"] / 2**20
+    if keras.backend.backend() == "torch":
+        import torch
+
+        facts["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     return facts
 
 
@@ -199,7 +267,13 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--backbone", default="ResNet50")
     parser.add_argument("--dtype", default="float32", help="Keras dtype policy")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one step of finetune and adafilter (PyTorch: torch.profiler's op "
+        "table; JAX: XLA's cost analysis) and write it into the JSON",
+    )
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -247,7 +321,7 @@ def _flags(args):
     flags = ["--image-size", *map(str, args.image_size), "--batch-size", str(args.batch_size)]
     flags += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     flags += ["--backbone", args.backbone, "--dtype", args.dtype]
-    return flags + (["--no-memory"] if args.no_memory else [])
+    return flags + (["--no-memory"] if args.no_memory else []) + (["--profile"] * args.profile)
 
 
 def main():
@@ -255,6 +329,7 @@ def main():
     if args.backends:
         compare_backends(args)
         return
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import adafilter_keras  # noqa: F401  (first: Keras imported with TensorFlow's lines filtered)
 
     # isort: split
@@ -266,8 +341,15 @@ def main():
         return
     rows = []
     for image_size in args.image_size:
-        medians = time_methods(args, image_size)
-        memory = {m: {} if args.no_memory else peak_memory(args, m, image_size) for m in METHODS}
+        medians, memory, profiles = time_methods(args, image_size)
+        for method in METHODS:
+            if method not in memory:
+                memory[method] = (
+                    {} if args.no_memory else subprocess_memory(args, method, image_size)
+                )
+        for method, profile in profiles.items():
+            print(f"\nprofile of {method} at {image_size} px: {profile['kind']}")
+            print(profile.get("table") or {k: v for k, v in profile.items() if k != "kind"})
         for method in METHODS:
             peak, held = memory[method].get("peak"), memory[method].get("held")
             rows.append(
@@ -285,6 +367,7 @@ def main():
                     if peak is None
                     else peak / memory["finetune"]["peak"],
                     "memory_kind": memory[method].get("kind"),
+                    "profile": profiles.get(method),
                 }
             )
     facts = machine_facts()
