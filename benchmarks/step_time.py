@@ -168,8 +168,6 @@ def subprocess_memory(args, method, image_size):
 def _measure_memory(args):
     """Prints {"peak", "held", "kind"} for one method as JSON: bytes at the step's peak and
     bytes held between steps (weights, optimizer state), as the backend counts them."""
-    import keras
-
     image_size = args.image_size[0]
     model = build(args.measure_memory, args.backbone, image_size)
     x, y = batch(args.batch_size, image_size)
@@ -230,7 +228,7 @@ def _jax_step_memory(model, x, y):
     return {
         "peak": held + analysis.temp_size_in_bytes,
         "held": held,
-        "kind": f"XLA buffers of the compiled step, {device.platform.upper()} ({device.device_kind})",
+        "kind": f"XLA buffers of the compiled step, {device.platform} ({device.device_kind})",
     }
 
 
