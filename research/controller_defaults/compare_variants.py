@@ -6,7 +6,8 @@ baseline runs need not be copied) and prints, per optimizer and split, the mean 
 the paired difference `adafilter(settings) - adafilter(defaults)` with its 95% interval, and
 each cell's. Runs nothing.
 
-    python benchmarks/compare_variants.py --output-dir benchmarks/results/transfer_normalized \
+    python research/controller_defaults/compare_variants.py \
+        --output-dir research/controller_defaults/results/normalized_controller \
         --wrap-settings '{"normalize_controller_inputs": true}'
 """
 

@@ -9,8 +9,9 @@ usual gradients). If random gates then cost fine-tuning less, the cost was F's s
 if not, it is the mixing with the pre-trained filters itself. Runs go to OUTPUT_DIR/runs.jsonl
 (resumed); finetune runs are copied from --finetune-runs so that the pairs are the same.
 
-    python benchmarks/finetuned_gradient.py --output-dir benchmarks/results/finetuned_gradient \
-        --finetune-runs benchmarks/results/transfer_normalized --wrap-settings \
+    python research/finetuned_gradient/finetuned_gradient.py \
+        --output-dir research/finetuned_gradient/results \
+        --finetune-runs research/controller_defaults/results/normalized_controller --wrap-settings \
         '{"normalize_controller_inputs": true, "initial_rate": 0.5, "gradient_scale": 30}'
 """
 
@@ -61,18 +62,30 @@ def mix_normalized_with_full_finetuned_gradient(
     )
 
 
-def main(argv=None):
-    """Runs the gated methods with the straight-through fine-tuned gradient; prints the table."""
-    args = build_parser().parse_args(argv)
+def use_full_finetuned_gradient():
+    """Makes the gated layers mix their branches with the mixes above, for this process.
+
+    `AdaFilterConv2D` and `GatedBatchNorm` mix through the public functions `mix_branches` and
+    `mix_normalized` of their modules; these are swapped for the straight-through versions.
+    """
     from adafilter_keras.layers import adafilter_conv2d, gated_batch_norm
-    from adafilter_keras.transfer import Benchmark, BenchmarkSettings, report
-    from adafilter_keras.transfer.command import wrap_settings
 
     adafilter_conv2d.mix_branches = mix_with_full_finetuned_gradient
     gated_batch_norm.mix_normalized = mix_normalized_with_full_finetuned_gradient
+
+
+def main(argv=None):
+    """Runs the gated methods with the straight-through fine-tuned gradient; prints the table."""
+    args = build_parser().parse_args(argv)
+    from adafilter_keras.transfer import Benchmark, BenchmarkSettings, report
+    from adafilter_keras.transfer.command import wrap_settings
+
+    use_full_finetuned_gradient()
     output, source = pathlib.Path(args.output_dir), pathlib.Path(args.finetune_runs)
     output.mkdir(parents=True, exist_ok=True)
-    if not (output / "sources").exists():
+    # The finetune runs' source models if their directory kept them; otherwise the benchmark
+    # pre-trains them from seed 0 (the same models where those runs were made by the same code).
+    if not (output / "sources").exists() and (source / "sources").is_dir():
         shutil.copytree(source / "sources", output / "sources")
     if not (output / "runs.jsonl").exists():
         lines = (source / "runs.jsonl").read_text().splitlines()

@@ -1,23 +1,26 @@
 """Where do the gates stand at the end of training, and what does their gradient say?
 
-Trains AdaFilter exactly as the transfer benchmark did before session 20 (one cell, larger
-regime 4 epochs, the benchmark's source models) and then, on the run's training images in the
-benchmark's batches of 16 (training-mode forward passes: noisy hard gates, batch statistics),
-records for every gated layer, per example and filter, the gate, the gradient of the loss with
-respect to the gate (`dL/dg`: negative means the fine-tuned filter would lower the loss) and the
-gate's logit. It prints, per layer, the mean of `dL/dg` against its per-example size, how many
-filters' mean gradient is significant (|t| > 2), and how the logits split into the heads' biases
-(one per filter) and the part that depends on the input. With several seeds it also prints how
-well the filters' rates agree between seeds: every seed starts from the same source model, so
-filter k is the same pre-trained filter in every run, and a rate that the data sets should come
-back in another run, while one that the gradient's noise sets should not; and the same for the
-part of the gates that depends on the input: each (test image, filter) inference gate's
-deviation from its filter's mean, compared between seeds on the task's fixed test images.
-Results (with each filter's rate and mean gradient) go to OUTPUT_DIR/gate_gradient.json, the
-agreement between seeds to OUTPUT_DIR/between_seeds.json. TensorFlow only.
+Trains AdaFilter exactly as the transfer benchmark does with its larger regime at 4 epochs (one
+cell, `Benchmark.trained`, the benchmark's source models) and then, on the run's training images
+in the benchmark's batches of 16 (training-mode forward passes: noisy hard gates, batch
+statistics), records for every gated layer, per example and filter, the gate, the gradient of
+the loss with respect to the gate (`dL/dg`: negative means the fine-tuned filter would lower the
+loss) and the gate's logit. It prints, per layer, the mean of `dL/dg` against its per-example
+size, how many filters' mean gradient is significant (|t| > 2), and how the logits split into
+the heads' biases (one per filter) and the part that depends on the input. With several seeds it
+also prints how well the filters' rates agree between seeds: every seed starts from the same
+source model, so filter k is the same pre-trained filter in every run, and a rate that the data
+sets should come back in another run, while one that the gradient's noise sets should not; and
+the same for the part of the gates that depends on the input: each (test image, filter)
+inference gate's deviation from its filter's mean, compared between seeds on the task's fixed
+test images. Results (with each filter's rate and mean gradient) go to
+OUTPUT_DIR/gate_gradient.json, the agreement between seeds to OUTPUT_DIR/between_seeds.json.
+TensorFlow only.
 
-    python benchmarks/gate_gradient.py --output-dir benchmarks/results/gate_gradient \\
-        --sources benchmarks/results/transfer/sources --task domain --regime large --seeds 0 1 2
+    python research/gate_gradient/gate_gradient.py \\
+        --output-dir research/gate_gradient/results/domain_large_own \\
+        --sources benchmarks/results/transfer_epochs4/sources --task domain --regime large \\
+        --seeds 0 1 2
 """
 
 import argparse
@@ -30,7 +33,7 @@ import sys
 import keras
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adafilter_keras.inspection import controller_or_none, gate_model  # noqa: E402
@@ -173,7 +176,9 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", required=True, help="where gate_gradient.json goes")
     parser.add_argument(
-        "--sources", required=True, help="the benchmark's source models (its sources/ directory)"
+        "--sources",
+        required=True,
+        help="the benchmark's source models (its sources/ directory); pre-trained anew if absent",
     )
     parser.add_argument("--task", default="domain", choices=TASKS + EXTRA_TASKS)
     parser.add_argument("--regime", default="large", choices=REGIMES)
@@ -190,27 +195,26 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     output = pathlib.Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    if not (output / "sources").exists():
+    # The benchmark's source models if --sources holds them; otherwise the benchmark pre-trains
+    # them from seed 0 here (the same models where its runs were made by the same code).
+    if not (output / "sources").exists() and pathlib.Path(args.sources).is_dir():
         shutil.copytree(args.sources, output / "sources")
     settings = benchmark_runs.BenchmarkSettings(
         tasks=(args.task,), regimes=(args.regime,), methods=("adafilter",)
     )
-    cell = benchmark_runs._Cell(
-        settings, output, args.task, args.regime, "adafilter", args.optimizer, print
+    runs = benchmark_runs.Benchmark(settings, output).trained(
+        args.task, args.regime, "adafilter", args.optimizer, args.seeds
     )
     results, test_gates = [], []
-    test_images = benchmark_runs._floats(cell.task.test[0])
-    for seed in args.seeds:
-        with benchmark_runs._deterministic():
-            record = cell.run(seed)
-        train, _ = cell.task.sample(args.regime, seed, settings.shots)
-        images = benchmark_runs._floats(train[0][: args.examples])
-        layers = gate_gradients(cell.model, images, train[1][: args.examples], settings.batch_size)
-        controller = controller_or_none(cell.model)
+    for seed, (record, model, task) in zip(args.seeds, runs, strict=True):
+        train, _ = task.sample(args.regime, seed, settings.shots)
+        images = train[0][: args.examples].astype("float32") / 255.0
+        layers = gate_gradients(model, images, train[1][: args.examples], settings.batch_size)
+        controller = controller_or_none(model)
         biases = [keras.ops.convert_to_numpy(head.bias) for head in controller.heads]
         summary = [summarize(layer, bias) for layer, bias in zip(layers, biases, strict=True)]
         results.append({"seed": seed, "test_accuracy": record["test_accuracy"], "layers": summary})
-        test_gates.append(inference_gates(cell.model, test_images))
+        test_gates.append(inference_gates(model, task.test[0].astype("float32") / 255.0))
         print(f"seed {seed}: test {100 * record['test_accuracy']:.1f} %")
     (output / "gate_gradient.json").write_text(json.dumps(results, indent=1) + "\n")
     between_seeds = agreement_between_seeds(results)

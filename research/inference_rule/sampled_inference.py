@@ -2,14 +2,14 @@
 
 Training draws hard gates; `inference="expected"` feeds each layer the expected mix instead,
 whose variance is lower (by `p (1 - p) (F - P)^2` per channel) than that of the hard mixes the
-next layers' batch normalization saw. This script trains AdaFilter exactly as the benchmark did
-before session 20 (larger regime 4 epochs) and scores each trained model three ways: the
-expected rule (the default), the threshold rule, and the average of the softmax over `--samples`
-forward passes with gates drawn as in training (batch normalization at inference). If the
-sampled average is clearly better, the expected rule loses accuracy to that shift; if it ties,
-it does not.
+next layers' batch normalization saw. This script trains AdaFilter exactly as the benchmark does
+with its larger regime at 4 epochs (`Benchmark.trained`) and scores each trained model three
+ways: the expected rule (the default), the threshold rule, and the average of the softmax over
+`--samples` forward passes with gates drawn as in training (batch normalization at inference).
+If the sampled average is clearly better, the expected rule loses accuracy to that shift; if it
+ties, it does not.
 
-    python benchmarks/sampled_inference.py --output-dir benchmarks/results/sampled_inference
+    python research/inference_rule/sampled_inference.py --output-dir research/inference_rule/results
 """
 
 import argparse
@@ -20,7 +20,7 @@ import sys
 import keras
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adafilter_keras.layers import gate_controller  # noqa: E402
@@ -87,37 +87,34 @@ def main(argv=None):
         for line in path.read_text().splitlines():
             record = json.loads(line)
             done[record["task"], record["optimizer"], record["seed"]] = record
-    settings = benchmark_runs.BenchmarkSettings()
-    with benchmark_runs._deterministic():
-        for task in args.tasks:
-            for optimizer in args.optimizers:
-                todo = [s for s in args.seeds if (task, optimizer, s) not in done]
-                if not todo:
-                    continue
-                cell = benchmark_runs._Cell(
-                    settings, output, task, args.regime, "adafilter", optimizer, log=print
-                )
-                for seed in todo:
-                    record = cell.run(seed)
-                    _, validation = cell.task.sample(args.regime, seed, settings.shots)
-                    for split, data in (("val", validation), ("test", cell.task.test)):
-                        probabilities = sampled_probabilities(
-                            cell.model, benchmark_runs._floats(data[0]), args.samples
-                        )
-                        record[f"sampled_{split}_accuracy"] = float(
-                            np.mean(np.argmax(probabilities, -1) == data[1])
-                        )
-                    record.pop("gates", None)
-                    done[task, optimizer, seed] = record
-                    with path.open("a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    print(
-                        f"{task}/{optimizer}/seed{seed}: test expected "
-                        f"{100 * record['test_accuracy']:.1f}, threshold "
-                        f"{100 * record['inference_threshold']['test_accuracy']:.1f}, sampled "
-                        f"{100 * record['sampled_test_accuracy']:.1f}",
-                        flush=True,
+    benchmark = benchmark_runs.Benchmark(benchmark_runs.BenchmarkSettings(), output)
+    settings = benchmark.settings
+    for task in args.tasks:
+        for optimizer in args.optimizers:
+            todo = [s for s in args.seeds if (task, optimizer, s) not in done]
+            if not todo:
+                continue
+            runs = benchmark.trained(task, args.regime, "adafilter", optimizer, todo)
+            for seed, (record, model, task_data) in zip(todo, runs, strict=True):
+                _, validation = task_data.sample(args.regime, seed, settings.shots)
+                for split, data in (("val", validation), ("test", task_data.test)):
+                    probabilities = sampled_probabilities(
+                        model, data[0].astype("float32") / 255.0, args.samples
                     )
+                    record[f"sampled_{split}_accuracy"] = float(
+                        np.mean(np.argmax(probabilities, -1) == data[1])
+                    )
+                record.pop("gates", None)
+                done[task, optimizer, seed] = record
+                with path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(
+                    f"{task}/{optimizer}/seed{seed}: test expected "
+                    f"{100 * record['test_accuracy']:.1f}, threshold "
+                    f"{100 * record['inference_threshold']['test_accuracy']:.1f}, sampled "
+                    f"{100 * record['sampled_test_accuracy']:.1f}",
+                    flush=True,
+                )
 
     print(
         f"\nPaired over tasks and seeds, points ± 95% interval:\n\n| optimizer | split | "

@@ -6,18 +6,19 @@ paired differences against finetune and against random gates (validation and tes
 instruments. Runs are appended to OUTPUT_DIR/runs.jsonl and reused (finetune is shared by all
 variants), so a second call resumes.
 
-    python benchmarks/gate_variants.py --task mixed --output-dir benchmarks/results/transfer_mixed
+    python research/input_dependent_gates/gate_variants.py --task mixed \
+        --output-dir research/input_dependent_gates/results/mixed_task
 """
 
 import argparse
 import json
 import sys
 
-# wrap()'s defaults until session 8, on top of which the variants below were measured (so that
-# the commands in docs/evidence.md still name the runs they reported).
+# wrap()'s earlier defaults, on top of which the variants below were measured (so that the
+# commands in research/input_dependent_gates/README.md still name the runs they reported).
 OLD_DEFAULTS = {"initial_rate": 0.85, "gradient_scale": 30.0, "normalize_controller_inputs": False}
-# Investigated on the mixed task (docs/evidence.md): can warm-up, a lower starting rate or a
-# stronger controller gradient make the gates depend on the input?
+# Investigated on the mixed task (research/input_dependent_gates): can warm-up, a lower
+# starting rate or a stronger controller gradient make the gates depend on the input?
 _CHANGES = {
     "old_defaults": {},
     "warmup75": {"gate_warmup_steps": 75},

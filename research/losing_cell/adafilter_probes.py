@@ -1,91 +1,72 @@
-"""What keeps AdaFilter behind fine-tuning? Changes to how it trains, paired with the benchmark.
+"""What keeps AdaFilter behind fine-tuning in the losing cell? Changes to how it trains, paired.
 
-Each probe trains AdaFilter exactly as the transfer benchmark did before session 20 (larger
-regime: 4 epochs, seeds 0-4; `BenchmarkSettings()`'s defaults) with one thing changed, and
-pairs every run with the benchmark's `finetune` and default `adafilter` runs (same source
-models, seeds, images and order). Probes of the training-time gate estimator (inference is
-unchanged; in training the library draws hard gates with logistic noise, straight-through):
+Each probe trains AdaFilter as the transfer benchmark does with its larger regime at 4 epochs
+(seeds 0-4; `BenchmarkSettings()`'s defaults) with one thing changed, and pairs every run with
+a baseline directory's `finetune` and default `adafilter` runs (same source models, seeds,
+images and order). The library is driven through public hooks: `Benchmark`'s
+`optimizer_factory` and `model_hook`, `wrap()` settings, and the public functions the layers
+call (`gate_controller.sample_gates`, `branches.mix_branches` / `mix_normalized`,
+`GateController.build`), swapped for the process.
+
+Probes of the training-time gate estimator (inference is unchanged; in training the library
+draws hard gates with logistic noise, straight-through):
 
 * `expected`: no noise, no hard decision: the gate is `sigmoid(logit)` in training too, the same
-  function as the `expected` inference rule (training and inference compute the same network,
-  and the gate's gradient is exact rather than straight-through);
+  function as the `expected` inference rule (the gate's gradient is exact);
 * `deterministic`: the hard decision without noise, `1[logit > 0]`, with the relaxed gate's
   gradient (straight-through);
 * `relaxed`: the noisy relaxed gate `sigmoid((logit + noise) / temperature)` as the forward value
   (binary Concrete, no hard decision).
 
-Probes of how fast the network fits (the losing cell underfits, docs/evidence.md):
+Probes of how fast the network fits (the losing cell underfits, research/training_fit):
 
 * `finetuned_gradient_x1.5`: the fine-tuned kernels' gradient times 1.5, about the inverse of
-  the rate at which the gates pick them (a fine-tuned filter learns only from the examples that
-  picked it, as if at that fraction of the learning rate);
-* `ungated_shortcuts`: the 1x1 projection shortcuts (`*_0_conv`) not gated (`wrap(exclude=)`):
-  plain fine-tuned convolutions; their gates stay near 0.5 in most cells.
+  the rate at which the gates pick them (an optimizer that scales it, `optimizer_factory`);
+* `ungated_shortcuts`: the 1x1 projection shortcuts (`*_0_conv`) not gated (`wrap(exclude=)`);
+* `ungated_stem`: the first convolution (`conv1_conv`) not gated.
 
-A probe of the schedule (the harness recipe, `own`, only; under plain SGD it changes nothing):
+A probe of the schedule (the `own` recipe only; under plain SGD it changes nothing):
 
 * `controller_constant_rate`: the controller learns at the recipe's peak rate throughout, while
   every other weight follows its warm-up and cosine decay (the controller's gradient is
-  multiplied by `peak / rate(step)`). Under the recipe the gates settle lower (62-72 %
-  fine-tuned) than under a constant rate (75-85 %): does the decay freeze them early?
+  multiplied by `peak / rate(step)`).
 
-A probe of how fast the gates' rate moves (session 16: at the end of training the mean
-straight-through gradient still points to the fine-tuned filters in most gated layers, at about
-a twentieth of its per-example spread):
+Probes of how fast the gates' rate moves:
 
-* `head_bias_x10`: the controller heads' biases (one per filter: the rate, before the input's
-  part) learn at 10 times the rate of the rest of the controller, under both optimizers.
+* `head_bias_x10`: the controller heads' biases (one per filter) learn at 10 times the rate of
+  the rest of the controller, under both optimizers;
+* `layer_shared_bias`: every filter of a gated layer uses the mean of its head's biases, one
+  rate per layer before the input's part (`model_hook`);
+* `layer_rate`: every gated layer gets one more weight, a scalar added to all its filters'
+  logits (starting at 0, scaled like the rest of the controller), whose gradient is the sum of
+  the filters' gradients;
+* `layer_rate_x10`: the same with the offsets' gradient times 10.
 
-A probe of the trap a pre-trained choice sets (session 18): a filter whose gate picks the
-pre-trained branch passes no gradient to its fine-tuned copy, which then stays near the
-pre-trained filter, so the gate's gradient (the loss's change from one branch to the other)
-stays near zero and nothing pulls the gate back:
+A probe of the trap a pre-trained choice might set (its fine-tuned copy gets no gradient):
 
 * `finetuned_full_gradient`: the fine-tuned branch gets the gradient of every example, as if
-  its gate had picked it (straight-through for the branch; the forward pass and the gate's
-  gradient are unchanged): `benchmarks/finetuned_gradient.py`'s mix, which measured it on
-  random gates in the few-shot regime (before session 9).
-
-A probe of the heads' per-filter biases (session 18: which filters end on the pre-trained side
-hardly agrees between seeds that start from the same source filters, so the biases' spread over
-filters looks like noise):
-
-* `layer_shared_bias`: every filter of a gated layer uses the mean of its head's biases, so
-  the biases move together, one rate per layer before the input's part (they start equal).
-
-A probe of how fast a layer's rate can move (sessions 16 and 18 found that at the end of
-training the mean gradient of every layer's gates still favours the fine-tuned filters, but per
-filter it is small against its noise; a layer's filters summed have about `sqrt(filters)` times
-the signal to noise of one filter):
-
-* `layer_rate`: every gated layer gets one more weight, a scalar added to all its filters'
-  logits (starting at 0, scaled like the rest of the controller). Its gradient is the sum of
-  the filters' gradients, so the layer's rate moves `filters` times faster than a filter's bias
-  does, and its noise only about `sqrt(filters)` times.
-* `layer_rate_x10`: the same with the offsets' gradient times 10. (Each layer's gates go all one
-  way per run: the top layers' to the fine-tuned filters, the lower ones' to either side.)
-* `ungated_stem`: the first convolution (`conv1_conv`, which sees the colour images) not gated
-  (`wrap(exclude=)`): a plain fine-tuned convolution.
+  its gate had picked it (research/finetuned_gradient's mix).
 
 Runs go to OUTPUT_DIR/runs.jsonl (resumed); the table pairs the probe with fine-tuning and with
 the default AdaFilter.
 
-    python benchmarks/adafilter_probes.py --probe expected \
-        --output-dir benchmarks/results/adafilter_probes/expected \
-        --baseline-runs benchmarks/results/transfer
+    python research/losing_cell/adafilter_probes.py --probe expected \
+        --output-dir research/losing_cell/results/probes/expected \
+        --baseline-runs benchmarks/results/transfer_epochs4
 """
 
 import argparse
 import json
 import pathlib
-import re
 import shutil
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "research" / "finetuned_gradient"))
 
-from adafilter_keras.layers import adafilter_conv2d, gate_controller, gate_sampling  # noqa: E402
+from adafilter_keras.inspection import controller_or_none  # noqa: E402
+from adafilter_keras.layers import gate_controller, gate_sampling  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
 from adafilter_keras.transfer.report import overall, pair_methods  # noqa: E402
 from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
@@ -139,57 +120,72 @@ def patched(estimator):
     return sample_gates
 
 
+def with_scaled_gradients(optimizer, scale_of):
+    """`optimizer`, whose `apply` first multiplies each variable's gradient by a scale.
+
+    Args:
+        optimizer: A Keras optimizer, changed in place.
+        scale_of: Callable `(variable, optimizer) -> float or None`; None leaves the gradient
+            as it is. It is called inside every update, so it may read the current learning
+            rate. The scale acts before the optimizer's own changes (weight decay, multipliers),
+            as a scale inside the model's backward pass would.
+
+    Returns:
+        `optimizer`.
+    """
+    from keras import ops
+
+    apply = optimizer.apply
+
+    def scaled_apply(grads, trainable_variables=None):
+        scaled = []
+        for grad, variable in zip(grads, trainable_variables, strict=True):
+            scale = None if grad is None else scale_of(variable, optimizer)
+            if scale is not None:
+                grad = ops.convert_to_tensor(grad)
+                grad = grad * ops.cast(scale, grad.dtype)
+            scaled.append(grad)
+        return apply(scaled, trainable_variables)
+
+    optimizer.apply = scaled_apply
+    return optimizer
+
+
 def scaled_finetuned_gradient(scale):
-    """`AdaFilterConv2D`'s convolution with the fine-tuned kernel's gradient times `scale`."""
-    original = adafilter_conv2d._convolve
+    """An `optimizer_factory`: the benchmark's optimizer, fine-tuned kernels' gradient x`scale`."""
 
-    def convolve(inputs, kernels, **options):
-        pretrained, finetuned = kernels
-        finetuned = gate_sampling.scale_gradient(finetuned, scale)
-        return original(inputs, (pretrained, finetuned), **options)
+    def scale_of(variable, optimizer):
+        del optimizer
+        return scale if variable.path.endswith("finetuned_kernel") else None
 
-    return convolve
+    return lambda cell: with_scaled_gradients(benchmark_runs.default_optimizer(cell), scale_of)
 
 
 def controller_at_peak_rate(peak):
-    """`SGDWithMultipliers.apply` with the controller's gradient scaled to the `peak` rate."""
+    """An `optimizer_factory`: the controller's gradient scaled so it learns at the `peak` rate."""
     from keras import ops
 
-    from adafilter_keras.training import optimizers
+    def scale_of(variable, optimizer):
+        if "controller" not in variable.path:
+            return None
+        return peak / ops.maximum(ops.cast(optimizer.learning_rate, "float32"), 1e-12)
 
-    original = optimizers.SGDWithMultipliers.apply
-
-    def apply(self, grads, trainable_variables=None):
-        variables = list(trainable_variables if trainable_variables is not None else [])
-        variables = variables or list(self._trainable_variables)
-        rate = ops.maximum(ops.cast(self.learning_rate, "float32"), 1e-12)
-        scaled = [
-            grad * ops.cast(peak / rate, grad.dtype)
-            if grad is not None and "controller" in variable.path
-            else grad
-            for grad, variable in zip(grads, variables, strict=True)
-        ]
-        return original(self, scaled, trainable_variables)
-
-    return apply
+    return lambda cell: with_scaled_gradients(benchmark_runs.default_optimizer(cell), scale_of)
 
 
 HEAD_BIASES = r"gate_controller/head_\d+/bias$"
 
 
 def faster_head_biases(multiplier):
-    """`_Cell._optimizer` with the controller heads' biases at `multiplier` times the rate."""
+    """An `optimizer_factory`: the controller heads' biases at `multiplier` times the rate."""
     from adafilter_keras.training import optimizers
 
-    original = benchmark_runs._Cell._optimizer
-
-    def optimizer(self):
-        chosen = original(self)
-        if isinstance(chosen, optimizers.SGDWithMultipliers):
-            chosen.multipliers = {HEAD_BIASES: multiplier, **chosen.multipliers}
-            chosen._patterns = [(re.compile(p), float(m)) for p, m in chosen.multipliers.items()]
-            return chosen
-        if type(chosen).__name__ != "SGD":
+    def optimizer(cell):
+        if cell.optimizer == "own":
+            return benchmark_runs.own_recipe(
+                cell.steps, cell.method, multipliers={HEAD_BIASES: multiplier}
+            )
+        if cell.optimizer != "sgd":
             raise SystemExit("head_bias_x10 runs under the own and sgd optimizers only.")
         return optimizers.SGDWithMultipliers(
             learning_rate=0.01, momentum=0.9, multipliers={HEAD_BIASES: multiplier}
@@ -198,21 +194,20 @@ def faster_head_biases(multiplier):
     return optimizer
 
 
-def share_head_biases(original_init):
-    """`GateController.__init__` whose heads add the mean of their biases to every filter."""
+def share_head_biases(model, cell=None):
+    """A `model_hook`: the controller's heads add the mean of their biases to every filter."""
     import types
 
     from keras import ops
 
+    del cell
+
     def call(head, inputs):
         return ops.matmul(inputs, head.kernel) + ops.mean(head.bias)
 
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        for head in self.heads:
-            head.call = types.MethodType(call, head)
-
-    return init
+    controller = controller_or_none(model)
+    for head in controller.heads if controller is not None else ():
+        head.call = types.MethodType(call, head)
 
 
 def add_layer_rates(original_build, multiplier=1.0):
@@ -240,40 +235,46 @@ def add_layer_rates(original_build, multiplier=1.0):
     return build
 
 
+class Probe:
+    """What a probe changes: `wrap()` settings, and the `Benchmark` hooks it needs.
+
+    Attributes:
+        variant: `wrap()` settings the probe adds (part of the runs' keys).
+        optimizer_factory: For `Benchmark(optimizer_factory=)`, or None.
+        model_hook: For `Benchmark(model_hook=)`, or None.
+    """
+
+    def __init__(self, variant=None, optimizer_factory=None, model_hook=None):
+        self.variant = variant or {}
+        self.optimizer_factory = optimizer_factory
+        self.model_hook = model_hook
+
+
 def apply_probe(name):
-    """Patches the library for probe `name`; returns the `wrap()` settings the probe adds."""
+    """Sets up probe `name`: swaps the public functions it replaces, returns its `Probe`."""
     if name in ESTIMATORS:
         gate_controller.sample_gates = patched(ESTIMATORS[name])
     elif name == "finetuned_gradient_x1.5":
-        adafilter_conv2d._convolve = scaled_finetuned_gradient(1.5)
+        return Probe(optimizer_factory=scaled_finetuned_gradient(1.5))
     elif name == "ungated_shortcuts":
-        return {"exclude": ".*_0_conv"}
+        return Probe({"exclude": ".*_0_conv"})
     elif name == "ungated_stem":
-        return {"exclude": "conv1_conv"}
+        return Probe({"exclude": "conv1_conv"})
     elif name == "controller_constant_rate":
-        from adafilter_keras.training import optimizers
-
-        optimizers.SGDWithMultipliers.apply = controller_at_peak_rate(0.01)
+        return Probe(optimizer_factory=controller_at_peak_rate(0.01))
     elif name == "head_bias_x10":
-        benchmark_runs._Cell._optimizer = faster_head_biases(10.0)
+        return Probe(optimizer_factory=faster_head_biases(10.0))
     elif name == "finetuned_full_gradient":
-        import finetuned_gradient  # benchmarks/, next to this script
+        import finetuned_gradient  # research/finetuned_gradient/
 
-        from adafilter_keras.layers import gated_batch_norm
-
-        adafilter_conv2d.mix_branches = finetuned_gradient.mix_with_full_finetuned_gradient
-        gated_batch_norm.mix_normalized = (
-            finetuned_gradient.mix_normalized_with_full_finetuned_gradient
-        )
+        finetuned_gradient.use_full_finetuned_gradient()
     elif name == "layer_shared_bias":
-        gate_controller.GateController.__init__ = share_head_biases(
-            gate_controller.GateController.__init__
-        )
+        return Probe(model_hook=share_head_biases)
     elif name in ("layer_rate", "layer_rate_x10"):
         gate_controller.GateController.build = add_layer_rates(
             gate_controller.GateController.build, 10.0 if name.endswith("x10") else 1.0
         )
-    return {}
+    return Probe()
 
 
 PROBES = (
@@ -334,23 +335,26 @@ def main(argv=None):
     output, baseline = pathlib.Path(args.output_dir), pathlib.Path(args.baseline_runs)
     if not (baseline / benchmark_runs.RESULTS).exists():
         raise SystemExit(f"No runs.jsonl in --baseline-runs {baseline}: run the benchmark first.")
-    copy_sources = not (output / "sources").exists()
-    if copy_sources and not (baseline / "sources").is_dir():
-        raise SystemExit(
-            f"No sources/ in --baseline-runs {baseline}: copy in the source models its runs were "
-            "made with (the benchmark writes them to <output-dir>/sources)."
-        )
     output.mkdir(parents=True, exist_ok=True)
-    if copy_sources:
+    # The baseline's source models, if it kept them; otherwise the benchmark pre-trains them
+    # from seed 0 into OUTPUT_DIR/sources, the same models as the baseline's where its runs
+    # were made by the same code.
+    if not (output / "sources").exists() and (baseline / "sources").is_dir():
         shutil.copytree(baseline / "sources", output / "sources")
+    probe_setup = apply_probe(args.probe)
     settings = benchmark_runs.BenchmarkSettings(
         tasks=tuple(args.tasks),
         regimes=tuple(args.regimes),
         methods=("adafilter",),
         optimizers=tuple(args.optimizers),
-        variant=apply_probe(args.probe),
+        variant=probe_setup.variant,
     )
-    probe = benchmark_runs.Benchmark(settings, output).run()
+    probe = benchmark_runs.Benchmark(
+        settings,
+        output,
+        optimizer_factory=probe_setup.optimizer_factory,
+        model_hook=probe_setup.model_hook,
+    ).run()
     cells = {(r["task"], r["regime"], r["optimizer"]) for r in probe}
     base = [
         r
@@ -362,8 +366,8 @@ def main(argv=None):
     if not base:
         raise SystemExit(
             f"No finetune or default adafilter runs in --baseline-runs {baseline} with this "
-            "probe's budget (larger regime: 4 epochs, seeds 0-4, the benchmark before session "
-            "20): pair it with such a directory, e.g. benchmarks/results/transfer."
+            "probe's budget (larger regime: 4 epochs, seeds 0-4): pair it with such a "
+            "directory, e.g. benchmarks/results/transfer_epochs4."
         )
     probe = [dict(r, method="probe") for r in probe]
     print(f"AdaFilter under the probe {args.probe!r}, points (mean ± 95% interval)")

@@ -13,8 +13,9 @@ paired difference can be read against the recipe's own:
 Runs go to OUTPUT_DIR/<ingredient>/runs.jsonl (resumed); the recipe's own runs are read from
 --baseline-runs (a benchmark output directory) and paired by seed.
 
-    python benchmarks/own_recipe.py --output-dir benchmarks/results/own_recipe \\
-        --baseline-runs benchmarks/results/transfer_before_session13 --tasks domain --regimes large
+    python research/optimizer_recipe/own_recipe.py \\
+        --output-dir research/optimizer_recipe/results/domain_large \\
+        --baseline-runs benchmarks/results/transfer_epochs4 --tasks domain --regimes large
 """
 
 import argparse
@@ -52,7 +53,7 @@ def build_parser():
 
 
 def recipe_without(ingredient):
-    """`_Cell._optimizer` for the `own` recipe with `ingredient` taken away."""
+    """An `optimizer_factory` for `Benchmark`: the `own` recipe with `ingredient` taken away."""
     from adafilter_keras.transfer.runs import own_recipe
 
     flags = {INGREDIENTS[ingredient]: False}
@@ -132,9 +133,10 @@ def main(argv=None):
     for ingredient in args.ingredients:
         directory = output / ingredient
         directory.mkdir(parents=True, exist_ok=True)
-        if not (directory / "sources").exists():
+        # The baseline's source models if it kept them; otherwise the benchmark pre-trains them
+        # from seed 0 (the same models where the baseline's runs were made by the same code).
+        if not (directory / "sources").exists() and (source / "sources").is_dir():
             shutil.copytree(source / "sources", directory / "sources")
-        benchmark_runs._Cell._optimizer = recipe_without(ingredient)
         settings = BenchmarkSettings(
             tasks=tuple(args.tasks),
             regimes=tuple(args.regimes),
@@ -143,7 +145,7 @@ def main(argv=None):
             seeds=tuple(args.seeds),
             large_seeds=tuple(args.seeds),
         )
-        records = Benchmark(settings, directory).run()
+        records = Benchmark(settings, directory, optimizer_factory=recipe_without(ingredient)).run()
         results[ingredient] = differences(records, baseline)
         for line in results[ingredient]:
             cells = [

@@ -1,15 +1,15 @@
 """Does AdaFilter lose to fine-tuning by overfitting, by fitting more slowly, or at inference?
 
-Trains `finetune` and `adafilter` exactly as the benchmark does (`--large-epochs` 4 is the
-benchmark's run before session 20, bit for bit) and records, per run, the loss and accuracy on
-the run's own training images (scored at inference, after the last step) next to validation and
-test. For AdaFilter it also scores the trained model with every learned gate forced to the fine-
-tuned filter at inference (`forced_finetuned_*`): if the pre-trained choices at inference were
-what costs, forcing them away would recover the gap. Runs go to OUTPUT_DIR/runs.jsonl (resumed);
-the table pairs the methods by seed.
+Trains `finetune` and `adafilter` exactly as the benchmark does (`Benchmark.trained`;
+`--large-epochs 4` is the benchmark's larger regime at 4 epochs, bit for bit) and records, per
+run, the loss and accuracy on the run's own training images (scored at inference, after the last
+step) next to validation and test. For AdaFilter it also scores the trained model with every
+learned gate forced to the fine- tuned filter at inference (`forced_finetuned_*`): if the
+pre-trained choices at inference were what costs, forcing them away would recover the gap. Runs
+go to OUTPUT_DIR/runs.jsonl (resumed); the table pairs the methods by seed.
 
-    python benchmarks/training_fit.py --output-dir benchmarks/results/training_fit \\
-        --sources benchmarks/results/transfer_before_session13/sources --large-epochs 4 8
+    python research/training_fit/training_fit.py --output-dir research/training_fit/results \\
+        --sources benchmarks/results/transfer_epochs4_mixed_versions/sources --large-epochs 4 8
 """
 
 import argparse
@@ -23,7 +23,7 @@ import sys
 import keras
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adafilter_keras.inspection import controller_or_none  # noqa: E402
@@ -63,7 +63,7 @@ def forced_gates(model, value):
 
 def fit_of(model, data):
     """Mean cross-entropy and accuracy of `model` on `data` (images uint8, labels), at inference."""
-    logits = model.predict(benchmark_runs._floats(data[0]), batch_size=256, verbose=0)
+    logits = model.predict(data[0].astype("float32") / 255.0, batch_size=256, verbose=0)
     loss = keras.losses.sparse_categorical_crossentropy(data[1], logits, from_logits=True)
     return {
         "loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
@@ -93,7 +93,7 @@ def build_parser():
         nargs="+",
         type=int,
         default=[4],
-        help="epochs of a larger-regime run; 4 is the benchmark's before session 20 (default: 4)",
+        help="epochs of a larger-regime run; 4 is the benchmark's 4-epoch table (default: 4)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     return parser
@@ -115,45 +115,41 @@ def main(argv=None):
     if path.exists():
         done = {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
     epochs_list = args.large_epochs if args.regime == "large" else [None]
-    with benchmark_runs._deterministic():
-        for epochs in epochs_list:
-            settings = benchmark_runs.BenchmarkSettings()
-            if epochs is not None:
-                settings = dataclasses.replace(settings, large_epochs=epochs)
-            for method in METHODS:
-                todo = [s for s in args.seeds if _key(args, epochs, method, s) not in done]
-                if not todo:
-                    continue
-                cell = benchmark_runs._Cell(
-                    settings, output, args.task, args.regime, method, args.optimizer, log=print
+    for epochs in epochs_list:
+        settings = benchmark_runs.BenchmarkSettings()
+        if epochs is not None:
+            settings = dataclasses.replace(settings, large_epochs=epochs)
+        for method in METHODS:
+            todo = [s for s in args.seeds if _key(args, epochs, method, s) not in done]
+            if not todo:
+                continue
+            runs = benchmark_runs.Benchmark(settings, output).trained(
+                args.task, args.regime, method, args.optimizer, todo
+            )
+            for seed, (record, model, task) in zip(todo, runs, strict=True):
+                train, validation = task.sample(args.regime, seed, settings.shots)
+                fit = fit_of(model, train)
+                record.update(train_loss=fit["loss"], train_accuracy=fit["accuracy"])
+                record["large_epochs"] = epochs
+                if method == "adafilter":
+                    with forced_gates(model, 1.0):
+                        record["forced_finetuned_val_accuracy"] = fit_of(model, validation)[
+                            "accuracy"
+                        ]
+                        record["forced_finetuned_test_accuracy"] = fit_of(model, task.test)[
+                            "accuracy"
+                        ]
+                        record["forced_finetuned_train_loss"] = fit_of(model, train)["loss"]
+                record["key"] = _key(args, epochs, method, seed)
+                done[record["key"]] = record
+                with path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(
+                    f"{args.task}/{args.regime}/{args.optimizer}/{epochs} epochs/{method}/"
+                    f"seed {seed}: train loss {fit['loss']:.3f}, train "
+                    f"{100 * fit['accuracy']:.1f}, test {100 * record['test_accuracy']:.1f}",
+                    flush=True,
                 )
-                for seed in todo:
-                    record = cell.run(seed)
-                    train, validation = cell.task.sample(args.regime, seed, settings.shots)
-                    fit = fit_of(cell.model, train)
-                    record.update(train_loss=fit["loss"], train_accuracy=fit["accuracy"])
-                    record["large_epochs"] = epochs
-                    if method == "adafilter":
-                        with forced_gates(cell.model, 1.0):
-                            record["forced_finetuned_val_accuracy"] = fit_of(
-                                cell.model, validation
-                            )["accuracy"]
-                            record["forced_finetuned_test_accuracy"] = fit_of(
-                                cell.model, cell.task.test
-                            )["accuracy"]
-                            record["forced_finetuned_train_loss"] = fit_of(cell.model, train)[
-                                "loss"
-                            ]
-                    record["key"] = _key(args, epochs, method, seed)
-                    done[record["key"]] = record
-                    with path.open("a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    print(
-                        f"{args.task}/{args.regime}/{args.optimizer}/{epochs} epochs/{method}/"
-                        f"seed {seed}: train loss {fit['loss']:.3f}, train "
-                        f"{100 * fit['accuracy']:.1f}, test {100 * record['test_accuracy']:.1f}",
-                        flush=True,
-                    )
     keys = [_key(args, e, m, s) for e in epochs_list for m in METHODS for s in args.seeds]
     table = write_table(args, [done[key] for key in keys])
     print(table)
