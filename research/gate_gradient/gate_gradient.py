@@ -19,8 +19,7 @@ TensorFlow only.
 
     python research/gate_gradient/gate_gradient.py \\
         --output-dir research/gate_gradient/results/domain_large_own \\
-        --sources benchmarks/results/transfer_epochs4/sources --task domain --regime large \\
-        --seeds 0 1 2
+        --task domain --regime large --seeds 0 1 2
 """
 
 import argparse
@@ -177,8 +176,8 @@ def build_parser():
     parser.add_argument("--output-dir", required=True, help="where gate_gradient.json goes")
     parser.add_argument(
         "--sources",
-        required=True,
-        help="the benchmark's source models (its sources/ directory); pre-trained anew if absent",
+        help="a benchmark's sources/ folder to copy the pre-trained models from (else they are "
+        "pre-trained here, as the benchmark does)",
     )
     parser.add_argument("--task", default="domain", choices=TASKS + EXTRA_TASKS)
     parser.add_argument("--regime", default="large", choices=REGIMES)
@@ -195,9 +194,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     output = pathlib.Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    # The benchmark's source models if --sources holds them; otherwise the benchmark pre-trains
-    # them from seed 0 here (the same models where its runs were made by the same code).
-    if not (output / "sources").exists() and pathlib.Path(args.sources).is_dir():
+    # The source models of --sources; without it the benchmark pre-trains them from seed 0 here
+    # (the same models as another directory's where its runs were made by the same code).
+    if args.sources and not (output / "sources").exists():
         shutil.copytree(args.sources, output / "sources")
     settings = benchmark_runs.BenchmarkSettings(
         tasks=(args.task,), regimes=(args.regime,), methods=("adafilter",)
