@@ -9,6 +9,7 @@ are those of the runs next to it), and every relative link points to a file and 
 import importlib.util
 import json
 import pathlib
+import re
 import shlex
 
 import pytest
@@ -79,10 +80,8 @@ def _links():
     for page in READMES:
         for number, line, language in docs._prose_and_fences(page):
             if language is None:
-                for target in docs.re.findall(
-                    r"\]\(([^)\s]+)\)", docs.re.sub(r"`[^`]*`", "", line)
-                ):
-                    if not docs.re.match(r"[a-z]+:", target):
+                for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", line)):
+                    if not re.match(r"[a-z]+:", target):
                         found.append(
                             pytest.param(page, target, id=f"{page.relative_to(ROOT)}:{number}")
                         )
