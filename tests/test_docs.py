@@ -381,7 +381,8 @@ def test_documented_benchmark_command_resumes_its_committed_runs(command):
 
 
 def test_committed_benchmark_commands_are_checked():
-    assert len(COMMITTED_BENCHMARK_COMMANDS) >= 20
+    # The investigations' commands are checked the same way in research/tests/test_readmes.py.
+    assert len(COMMITTED_BENCHMARK_COMMANDS) >= 5
 
 
 def test_the_cheapest_documented_command_runs(capsys):

@@ -2,11 +2,9 @@
 
 import argparse
 import dataclasses
-import importlib.util
 import io
 import json
 import math
-import pathlib
 import re
 
 import keras
@@ -14,7 +12,14 @@ import numpy as np
 import pytest
 
 from adafilter_keras.transfer import command, report, tasks
-from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings, _Cell, run_key
+from adafilter_keras.transfer.runs import (
+    Benchmark,
+    BenchmarkSettings,
+    Cell,
+    default_optimizer,
+    own_recipe,
+    run_key,
+)
 from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 pytestmark = pytest.mark.skipif(
@@ -342,118 +347,60 @@ def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
     assert chosen.optimizers == ("adam", "sgd")
     with pytest.raises(SystemExit):
         parser.parse_args(["--optimizers", "adamw"])
-    cell = object.__new__(_Cell)  # the optimizer choice only, without building a model
-    cell.optimizer_name, cell.method, cell.steps = "adam", "adafilter", 150
-    optimizer = cell._optimizer()
+    optimizer = default_optimizer(Cell("digits", "few_shot", "adafilter", "adam", 150))
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-3)
-    cell.optimizer_name = "sgd"
-    assert type(cell._optimizer()) is keras.optimizers.SGD
-
-
-def test_compare_variants_pairs_adafilter_under_two_settings_by_seed(tmp_path, capsys):
-    script = _benchmark_script("compare_variants")
-    settings = dataclasses.replace(TINY, variant={"initial_rate": 0.7})
-    lines = []
-    for variant, seed, accuracy in ((TINY, 0, 0.5), (TINY, 1, 0.6), (settings, 0, 0.6),
-                                    (settings, 1, 0.8), (settings, 2, 0.9)):  # fmt: skip
-        key = run_key(variant, "digits", "few_shot", "adafilter", "sgd", seed)
-        lines.append(json.dumps(dict(_record("adafilter", seed, accuracy), key=key)))
-    # Runs of other methods or settings are not read.
-    key = run_key(TINY, "digits", "few_shot", "finetune", "sgd", 0)
-    lines.append(json.dumps(dict(_record("finetune", 0, 0.0), key=key)))
-    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
-    script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.7}'])
-    out = capsys.readouterr().out
-    # Seeds 0 and 1 pair up: +10 and +20 points; seed 2 has no partner.
-    assert "test_accuracy sgd: +15.00 ± 63.53" in out
-    # The same with the default runs in another directory, one of them in both.
-    variant_dir, baseline_dir = tmp_path / "variant", tmp_path / "baseline"
-    variant_dir.mkdir(), baseline_dir.mkdir()
-    (variant_dir / "runs.jsonl").write_text("\n".join(lines[:1] + lines[2:]) + "\n")
-    (baseline_dir / "runs.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    script.main(["--output-dir", str(variant_dir), "--baseline-runs", str(baseline_dir),
-                 "--wrap-settings", '{"initial_rate": 0.7}'])  # fmt: skip
-    assert "test_accuracy sgd: +15.00 ± 63.53" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="No runs.jsonl in"):
-        script.main(["--output-dir", str(variant_dir), "--baseline-runs", str(tmp_path / "none"),
-                     "--wrap-settings", '{"initial_rate": 0.7}'])  # fmt: skip
-    with pytest.raises(SystemExit, match="No adafilter runs"):
-        script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.1}',
-                     "--baseline", '{"initial_rate": 0.2}'])  # fmt: skip
-
-
-def test_sampled_inference_draws_the_gates_at_inference_and_restores_the_rule():
-    script = _benchmark_script("sampled_inference")
-    _, model, conv = _one_gated_conv_model()
-    # Branches that differ, so that the gates change the output.
-    conv.finetuned_kernel.assign(
-        np.random.default_rng(1).normal(size=conv.finetuned_kernel.shape).astype("float32")
+    assert type(default_optimizer(Cell("digits", "few_shot", "adafilter", "sgd", 150))) is (
+        keras.optimizers.SGD
     )
-    images = np.random.default_rng(2).normal(size=(16, 8, 8, 3)).astype("float32")
-
-    def softmax(logits):
-        return keras.ops.convert_to_numpy(keras.ops.softmax(logits))
-
-    expected = softmax(model.predict(images, verbose=0))
-    first = script.sampled_probabilities(model, images, 1)
-    second = script.sampled_probabilities(model, images, 1)
-    np.testing.assert_allclose(first.sum(-1), 1.0, rtol=1e-5)
-    assert np.abs(first - second).max() > 1e-3  # fresh draws each pass
-    assert np.abs(first - expected).max() > 1e-3
-    # The expected rule is back afterwards: deterministic, as before.
-    np.testing.assert_allclose(softmax(model.predict(images, verbose=0)), expected, rtol=1e-5)
 
 
-def test_own_recipe_takes_away_one_ingredient_of_the_harness_recipe():
-    script = _benchmark_script("own_recipe")
-    cell = object.__new__(_Cell)
-    cell.optimizer_name, cell.method, cell.steps = "own", "adafilter", 200
-    recipe = cell._optimizer()
-    variants = {name: script.recipe_without(name)(cell) for name in script.INGREDIENTS}
+def test_own_recipe_matches_extra_multipliers_before_the_heads():
+    class Path:
+        def __init__(self, path):
+            self.path = path
 
-    def rate(optimizer, step):
-        return float(keras.ops.convert_to_numpy(optimizer._learning_rate(step)))
-
-    # The recipe decays to zero; without the decay the rate stays at its peak; the warm-up stays.
-    assert rate(recipe, 199) < 1e-4 and rate(variants["constant_rate"], 199) == pytest.approx(0.01)
-    assert rate(variants["constant_rate"], 0) == pytest.approx(rate(recipe, 0))
-    assert recipe.weight_decay_l2 == 1e-4 and variants["no_weight_decay"].weight_decay_l2 == 0.0
-    assert recipe.multipliers and not variants["no_head_multiplier"].multipliers
-    # Everything else as in the recipe.
-    assert variants["no_head_multiplier"].weight_decay_l2 == 1e-4
-    assert rate(variants["no_weight_decay"], 150) == pytest.approx(rate(recipe, 150))
+    recipe = own_recipe(100, "adafilter", multipliers={r"bias$": 3.0, r"kernel$": 5.0})
+    assert list(recipe.multipliers) == [r"bias$", r"kernel$", r"^head/"]  # the extra ones first
+    assert recipe.multiplier_for(Path("head/bias")) == 3.0
+    assert recipe.multiplier_for(Path("head/kernel")) == 5.0
+    assert recipe.multiplier_for(Path("head/other")) == 10.0
+    assert recipe.multiplier_for(Path("conv/gamma")) == 1.0
+    assert own_recipe(100, "adafilter").multipliers == {"^head/": 10.0}
 
 
-def test_training_fit_forces_every_gate_at_inference_and_restores_the_rule():
-    script = _benchmark_script("training_fit")
-    plain, model, conv = _one_gated_conv_model()
-    rng = np.random.default_rng(1)
-    # The branches differ: the fine-tuned one is the pre-trained one plus noise.
-    conv.finetuned_kernel.assign(
-        keras.ops.convert_to_numpy(conv.pretrained_kernel)
-        + rng.normal(size=conv.finetuned_kernel.shape) * 0.5
+def test_hooks_give_the_optimizer_and_see_every_model_built(tmp_path):
+    settings = dataclasses.replace(TINY, methods=("finetune",), seeds=(0, 1))
+    cells, models = [], []
+
+    def factory(cell):
+        cells.append(cell)
+        return keras.optimizers.SGD(learning_rate=0.0)  # nothing moves
+
+    def hook(model, cell):
+        models.append((model, cell))
+        model.get_layer("head").trainable = False
+
+    benchmark = Benchmark(
+        settings, tmp_path, stream=io.StringIO(), optimizer_factory=factory, model_hook=hook
     )
-    images = rng.normal(size=(16, 8, 8, 3)).astype("float32")
-    expected = model.predict(images, verbose=0)
-    with script.forced_gates(model, 0.0):
-        pretrained_only = model.predict(images, verbose=0)
-    with script.forced_gates(model, 1.0):
-        finetuned_only = model.predict(images, verbose=0)
-    # All gates on the pre-trained filters: the model it wrapped (its BN statistics as wrapped).
-    np.testing.assert_allclose(pretrained_only, plain.predict(images, verbose=0), atol=1e-4)
-    assert np.abs(finetuned_only - pretrained_only).max() > 1e-2
-    assert np.abs(finetuned_only - expected).max() > 1e-3
-    # The controller's own rule is back afterwards.
-    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-6)
-    # fit_of scores uint8 images as the benchmark feeds them ([0, 1]).
-    pixels = rng.integers(0, 256, size=(16, 8, 8, 3)).astype("uint8")
-    labels = np.argmax(model.predict(pixels.astype("float32") / 255.0, verbose=0), -1)
-    assert script.fit_of(model, (pixels, labels))["accuracy"] == 1.0
-    assert script.fit_of(model, (pixels, (labels + 1) % 4))["accuracy"] == 0.0
-    with pytest.raises(ValueError, match="no gate controller"):
-        with script.forced_gates(plain, 1.0):
-            pass
+    records = benchmark.run()
+    assert cells == [Cell("digits", "few_shot", "finetune", "sgd", settings.few_shot_steps)]
+    # The compiled model, then one fresh model per seed for its weights.
+    assert len(models) == 3 and all(cell == cells[0] for _, cell in models)
+    assert all(not model.get_layer("head").trainable for model, _ in models)
+    assert [r["seed"] for r in records] == [0, 1]
+
+
+def test_trained_yields_each_seeds_model_as_run_trains_it_without_recording(tmp_path):
+    settings = dataclasses.replace(TINY, methods=("adafilter",), seeds=(0,))
+    (record,) = Benchmark(settings, tmp_path / "a", stream=io.StringIO()).run()
+    benchmark = Benchmark(settings, tmp_path / "b", stream=io.StringIO())
+    ((again, model, task),) = list(benchmark.trained("digits", "few_shot", "adafilter", "sgd", [0]))
+    assert again["test_accuracy"] == record["test_accuracy"]
+    logits = model.predict(task.test[0].astype("float32") / 255.0, verbose=0)
+    assert np.mean(np.argmax(logits, -1) == task.test[1]) == pytest.approx(again["test_accuracy"])
+    assert not (tmp_path / "b" / "runs.jsonl").exists()
 
 
 def test_report_of_finetune_alone_writes_the_table_without_a_figure(tmp_path):
@@ -473,336 +420,6 @@ def test_learned_vs_random_table_only_where_both_were_run():
     both = records + [_record("stochastic", seed, 0.7) for seed in (0, 1)]
     table = report.markdown(both)
     assert "Learned gates vs random gates" in table and "nan" not in table
-
-
-def _benchmark_script(name):
-    """benchmarks/NAME.py, imported as a module."""
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_{name}", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def _one_gated_conv_model():
-    """(plain model, its wrap(), the one AdaFilterConv2D): Conv2D, BN, ReLU, pooling, Dense."""
-    import adafilter_keras as ak
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    plain = keras.Model(inputs, keras.layers.Dense(4)(x))
-    model = ak.wrap(plain, seed=0)
-    (conv,) = [layer for layer in model.layers if isinstance(layer, ak.AdaFilterConv2D)]
-    return plain, model, conv
-
-
-def test_probe_estimators_change_the_training_gates_and_leave_inference_alone():
-    script = _benchmark_script("adafilter_probes")
-    logits = keras.ops.convert_to_tensor(np.array([[-2.0, -0.5, 0.5, 3.0]], "float32"))
-    probability = 1.0 / (1.0 + np.exp(-keras.ops.convert_to_numpy(logits)))
-    seed = keras.random.SeedGenerator(0)
-
-    def gates(name, training):
-        sample = script.patched(script.ESTIMATORS[name])
-        out = sample(logits, temperature=1.0, seed=seed, training=training)
-        return keras.ops.convert_to_numpy(out)
-
-    # `expected`: the gate's mean in training, the same function as the inference rule.
-    np.testing.assert_allclose(gates("expected", True), probability, rtol=1e-6)
-    # `deterministic`: the hard decision without noise, the same for every draw.
-    np.testing.assert_array_equal(gates("deterministic", True), [[0.0, 0.0, 1.0, 1.0]])
-    # `relaxed`: noisy and soft: strictly between 0 and 1, and different from the mean.
-    relaxed = gates("relaxed", True)
-    assert np.all((relaxed > 0) & (relaxed < 1)) and np.abs(relaxed - probability).max() > 1e-3
-    # Inference is the library's rule whatever the estimator.
-    for name in script.ESTIMATORS:
-        np.testing.assert_allclose(gates(name, False), probability, rtol=1e-6)
-
-
-def test_probe_scales_the_finetuned_kernels_gradient_and_nothing_else():
-    import tensorflow as tf
-
-    from adafilter_keras.layers import adafilter_conv2d
-
-    script = _benchmark_script("adafilter_probes")
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.normal(size=(2, 5, 5, 3)), "float32")
-    kernels = [tf.Variable(rng.normal(size=(3, 3, 3, 4)).astype("float32")) for _ in range(2)]
-    options = dict(
-        strides=(1, 1), padding="same", data_format="channels_last", dilation_rate=(1, 1)
-    )
-
-    def run(convolve):
-        with tf.GradientTape() as tape:
-            pretrained, finetuned = convolve(images, kernels, **options)
-            loss = tf.reduce_sum(pretrained**2) + tf.reduce_sum(finetuned**2)
-        return [pretrained, finetuned], tape.gradient(loss, kernels)
-
-    outputs, gradients = run(adafilter_conv2d._convolve)
-    scaled_outputs, scaled_gradients = run(script.scaled_finetuned_gradient(1.5))
-    for plain, scaled in zip(outputs, scaled_outputs, strict=True):
-        np.testing.assert_array_equal(plain.numpy(), scaled.numpy())  # forward unchanged
-    np.testing.assert_allclose(scaled_gradients[0].numpy(), gradients[0].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(scaled_gradients[1].numpy(), 1.5 * gradients[1].numpy(), rtol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "probe, ungated",
-    [
-        ("ungated_shortcuts", lambda name: name.endswith("_0_conv")),
-        ("ungated_stem", lambda name: name == "conv1_conv"),
-    ],
-)
-def test_ungated_probes_leave_exactly_their_convolutions_ungated(probe, ungated):
-    import adafilter_keras as ak
-    from adafilter_keras.training.backbones import small_resnet
-
-    script = _benchmark_script("adafilter_probes")
-    backbone = small_resnet((16, 16, 3), width=4)
-    convs = [layer.name for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
-    wrapped = ak.wrap(backbone, **script.apply_probe(probe))
-    gated = [layer.name for layer in wrapped.layers if isinstance(layer, ak.AdaFilterConv2D)]
-    left = [name for name in convs if ungated(name)]
-    assert left and sorted(gated) == sorted(set(convs) - set(left))
-
-
-def test_gate_gradient_is_zero_while_the_branches_are_equal_and_per_example_after():
-    script = _benchmark_script("gate_gradient")
-    _, model, conv = _one_gated_conv_model()
-    rng = np.random.default_rng(3)
-    images = rng.normal(size=(12, 8, 8, 3)).astype("float32")
-    labels = rng.integers(0, 4, size=12)
-    original = script.gate_controller.sample_gates
-    ((gates, gradient, logits),) = script.gate_gradients(model, images, labels, batch_size=4)
-    assert gates.shape == gradient.shape == logits.shape == (12, 8)
-    assert set(np.unique(gates)) <= {0.0, 1.0}  # training-mode draws
-    np.testing.assert_array_equal(gradient, 0.0)  # F = S: the gate changes nothing
-    conv.finetuned_kernel.assign(rng.normal(size=conv.finetuned_kernel.shape).astype("float32"))
-    ((_, gradient, _),) = script.gate_gradients(model, images, labels, batch_size=4)
-    assert (np.abs(gradient) > 1e-6).mean() > 0.5
-    assert script.gate_controller.sample_gates is original  # restored
-    (inference,) = script.inference_gates(model, images)
-    assert inference.shape == (12, 8) and np.all((inference > 0) & (inference < 1))
-    summary = script.summarize((gates, gradient, logits), bias=np.zeros(8))
-    assert summary["mean_gradient"] == pytest.approx(float(gradient.mean()))
-    assert 0.0 <= summary["filters_t_below_minus2"] + summary["filters_t_above_2"] <= 1.0
-    np.testing.assert_allclose(summary["filter_fraction_finetuned"], gates.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(summary["filter_mean_gradient"], gradient.mean(0), rtol=1e-5)
-
-
-def test_agreement_between_seeds_is_one_for_the_same_rates_and_minus_one_for_opposite():
-    script = _benchmark_script("gate_gradient")
-    rates = [0.1, 0.5, 0.7, 0.9]
-
-    def seed(*layers):
-        return {"layers": [{"filter_fraction_finetuned": layer} for layer in layers]}
-
-    same, reversed_ = seed(rates, rates), seed(rates, [1.0 - r for r in rates])
-    agreement = script.agreement_between_seeds([same, reversed_])
-    assert agreement == pytest.approx([1.0, -1.0])
-    assert script.agreement_between_seeds([same]) == []
-    assert np.isnan(script.agreement_between_seeds([same, seed([0.5] * 4, rates)])[0])
-
-
-def test_controller_constant_rate_probe_keeps_only_the_controller_at_the_peak_rate():
-    from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
-
-    script = _benchmark_script("adafilter_probes")
-    schedule = WarmupDecay(peak=0.01, total_steps=100, warmup_steps=5, kind="cosine")
-    optimizer = SGDWithMultipliers(learning_rate=schedule, momentum=0.0)
-    controller = keras.Variable(np.zeros(3, "float32"), name="gate_controller_bias")
-    other = keras.Variable(np.zeros(3, "float32"), name="conv_bias")
-    optimizer.build([controller, other])
-    optimizer.iterations.assign(80)
-    rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-    assert 0.0 < rate < 0.005
-    apply = script.controller_at_peak_rate(0.01)
-    apply(optimizer, [np.ones(3, "float32")] * 2, [controller, other])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(controller), -0.01, rtol=1e-5)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(other), -rate, rtol=1e-5)
-
-
-def test_head_bias_probe_speeds_up_only_the_controller_heads_biases():
-    script = _benchmark_script("adafilter_probes")
-    optimizer_for = script.faster_head_biases(10.0)
-    cell = object.__new__(_Cell)
-    cell.method, cell.steps = "adafilter", 100
-
-    class Path:
-        def __init__(self, path):
-            self.path = path
-
-    for name in ("own", "sgd"):
-        cell.optimizer_name = name
-        optimizer = optimizer_for(cell)
-        assert optimizer.multiplier_for(Path("gate_controller/head_3/bias")) == 10.0
-        assert optimizer.multiplier_for(Path("gate_controller/head_3/kernel")) == 1.0
-        assert optimizer.multiplier_for(Path("conv1_conv/finetuned_kernel")) == 1.0
-    assert optimizer.get_config()["momentum"] == 0.9
-    cell.optimizer_name = "adam"
-    with pytest.raises(SystemExit, match="own and sgd"):
-        optimizer_for(cell)
-
-
-def test_full_gradient_mix_trains_the_finetuned_branch_on_every_example_only():
-    import tensorflow as tf
-
-    from adafilter_keras.layers import branches
-
-    script = _benchmark_script("finetuned_gradient")
-    rng = np.random.default_rng(0)
-    pretrained, finetuned = (
-        tf.Variable(rng.normal(size=(4, 3, 3, 5)).astype("float32")) for _ in range(2)
-    )
-    gate = tf.Variable(np.tile([[0.0, 1.0, 0.0, 1.0, 0.3]], (4, 1)).astype("float32"))
-    affines = ((tf.fill([5], 2.0), tf.zeros([5])), (tf.fill([5], 3.0), tf.ones([5])))
-    pairs = (
-        (branches.mix_branches, script.mix_with_full_finetuned_gradient, ()),
-        (branches.mix_normalized, script.mix_normalized_with_full_finetuned_gradient, affines),
-    )
-    for library_mix, probe_mix, extra in pairs:
-
-        def run(mix, extra=extra):
-            with tf.GradientTape() as tape:
-                out = mix(pretrained, finetuned, *extra, gate)
-                loss = tf.reduce_sum(out**2)
-            return out, tape.gradient(loss, [pretrained, finetuned, gate])
-
-        out, (d_pretrained, d_finetuned, d_gate) = run(library_mix)
-        probe_out, (p_pretrained, p_finetuned, p_gate) = run(probe_mix)
-        np.testing.assert_allclose(probe_out.numpy(), out.numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(p_gate.numpy(), d_gate.numpy(), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(p_pretrained.numpy(), d_pretrained.numpy(), rtol=1e-4, atol=1e-4)
-        # Where the gate picked the pre-trained branch, the fine-tuned one learns anyway: its
-        # gradient is that of a gate of 1 (the output's gradient times its affine scale).
-        scale = 3.0 if extra else 1.0
-        np.testing.assert_array_equal(d_finetuned.numpy()[..., 0], 0.0)
-        np.testing.assert_allclose(
-            p_finetuned.numpy(), 2.0 * out.numpy() * scale, rtol=1e-4, atol=1e-4
-        )
-
-
-def test_layer_shared_bias_probe_gives_every_filter_the_mean_of_its_heads_biases():
-    from adafilter_keras.layers import gate_controller
-
-    script = _benchmark_script("adafilter_probes")
-    controller_class = gate_controller.GateController
-    original = controller_class.__init__
-    try:
-        controller_class.__init__ = script.share_head_biases(original)
-        controller = controller_class(filters=[3, 5], input_channels=[4, 6], units=8, seed=0)
-    finally:
-        controller_class.__init__ = original
-    controller.build(None)
-    head = controller.heads[1]
-    head.bias.assign(np.arange(5, dtype="float32"))
-    hidden = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
-    logits = keras.ops.convert_to_numpy(head.call(hidden))
-    kernel = keras.ops.convert_to_numpy(head.kernel)
-    np.testing.assert_allclose(logits, hidden @ kernel + 2.0, rtol=1e-5, atol=1e-5)
-    assert "call" not in vars(controller_class(filters=[3], input_channels=[4]).heads[0])
-
-
-@pytest.mark.parametrize("probe, multiplier", [("layer_rate", 1.0), ("layer_rate_x10", 10.0)])
-def test_layer_rate_probe_adds_one_offset_per_layer_with_the_filters_summed_gradient(
-    probe, multiplier
-):
-    import tensorflow as tf
-
-    from adafilter_keras.layers import gate_controller
-
-    script = _benchmark_script("adafilter_probes")
-    controller_class = gate_controller.GateController
-    original = controller_class.build
-    try:
-        script.apply_probe(probe)
-        controller = controller_class(
-            filters=[3, 5], input_channels=[4, 6], units=8, seed=0, gradient_scale=300.0
-        )
-        controller.build(None)
-    finally:
-        controller_class.build = original
-    rates = [w for w in controller.trainable_weights if "layer_rate" in w.path]
-    assert [w.path.split("/")[-1] for w in rates] == ["layer_rate_0", "layer_rate_1"]
-    head = controller.heads[1]
-    rates[1].assign(0.5)
-    hidden = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
-    kernel = keras.ops.convert_to_numpy(head.kernel)
-    bias = keras.ops.convert_to_numpy(head.bias)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(head.call(hidden)), hidden @ kernel + bias + 0.5, rtol=1e-5
-    )
-    # Through the controller's call (inference gates: sigmoid of the scaled logits): the offset
-    # is one weight for the layer, moved by the sum of its filters' gradients times the multiplier.
-    inputs = tf.constant(np.random.default_rng(1).normal(size=(2, 3, 3, 6)).astype("float32"))
-    states = [tf.zeros((2, 8)), tf.zeros((2, 8))]
-    weights = np.random.default_rng(2).normal(size=(2, 5)).astype("float32")
-    with tf.GradientTape() as tape:
-        gate, _, _ = controller(inputs, states=states, index=1, training=False)
-        loss = tf.reduce_sum(gate * weights)
-    rate_gradient, bias_gradient = tape.gradient(loss, [rates[1], head.bias])
-    assert np.abs(bias_gradient.numpy()).max() > 1.0  # the controller's x300 reaches the bias
-    np.testing.assert_allclose(
-        rate_gradient.numpy(), multiplier * bias_gradient.numpy().sum(), rtol=1e-4
-    )
-
-
-def test_input_dependence_between_seeds_ignores_the_filters_rates():
-    script = _benchmark_script("gate_gradient")
-    rng = np.random.default_rng(0)
-    pattern = rng.uniform(size=(20, 6))  # per (example, filter)
-    shifted = np.clip(pattern + np.linspace(-0.3, 0.3, 6), -1, 2)  # other rates, same pattern
-    other = rng.uniform(size=(20, 6))
-    agreement = script.input_dependence_between_seeds([[pattern, pattern], [shifted, other]])
-    assert agreement[0] == pytest.approx(1.0)
-    assert abs(agreement[1]) < 0.3
-    assert script.input_dependence_between_seeds([[pattern]]) == []
-
-
-def test_probe_refuses_a_baseline_without_its_source_models(tmp_path):
-    script = _benchmark_script("adafilter_probes")
-    baseline = tmp_path / "baseline"
-    baseline.mkdir()
-    (baseline / "runs.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="No sources/ in --baseline-runs"):
-        script.main(
-            [
-                "--probe",
-                "expected",
-                "--output-dir",
-                str(tmp_path / "out"),
-                "--baseline-runs",
-                str(baseline),
-            ]
-        )
-    assert not (tmp_path / "out" / "sources").exists()
-
-
-def test_probes_pair_only_with_baseline_runs_of_their_budget():
-    script = _benchmark_script("adafilter_probes")
-    settings = BenchmarkSettings(methods=("adafilter",))  # the probes' 4-epoch budget
-    stepped = dataclasses.replace(settings, large_steps=2000)
-    for regime, matches in (("few_shot", True), ("large", False)):
-        record = {"key": run_key(stepped, "domain", regime, "finetune", "own", 3)}
-        assert script._same_budget(record, settings) == matches
-    same = {"key": run_key(settings, "domain", "large", "finetune", "own", 3)}
-    assert script._same_budget(same, settings)
-
-
-def test_compare_variants_refuses_larger_runs_of_two_lengths(tmp_path):
-    script = _benchmark_script("compare_variants")
-    stepped = BenchmarkSettings(large_steps=2000)
-    record = _record("adafilter", 0, 0.5, "domain", "large")
-    lines = [
-        dict(record, key=run_key(s, "domain", "large", "adafilter", "sgd", 0))
-        for s in (BenchmarkSettings(), stepped)
-    ]
-    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with pytest.raises(SystemExit, match="different lengths"):
-        script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.7}'])
 
 
 def test_report_only_keeps_to_the_seeds_and_cells_its_settings_name():

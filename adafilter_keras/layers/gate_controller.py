@@ -41,8 +41,8 @@ class GateController(keras.layers.Layer):
     mean; `"threshold"`: `1[logit > 0]`). Without `states` the call starts from the zero state,
     sized from the batch, so the state is reset for every batch.
 
-    Three settings make the controller learn from the first steps (docs/evidence.md has the
-    measurements behind their defaults):
+    Three settings make the controller learn from the first steps (research/controller_defaults
+    has the measurements behind their defaults):
 
     * `initial_rate`: the heads' bias starts at `logit(initial_rate)`, so each gate starts as a
       coin that picks the fine-tuned filter with that probability.

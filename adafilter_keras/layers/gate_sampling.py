@@ -27,7 +27,7 @@ def sample_gates(logits, *, temperature, seed, training, inference="expected"):
       0) still gets a gate of (almost exactly) 0 or 1.
     * `"threshold"`: `1[logits > 0]`, the most likely training gate. Training never sees this
       noiseless rule, so a filter with logits near 0 (trained as a coin flip) is pinned to one
-      branch; measured to lose accuracy (docs/evidence.md).
+      branch; measured to lose accuracy (research/inference_rule).
 
     Args:
         logits: Float tensor `(batch, filters)`.

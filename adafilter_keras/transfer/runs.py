@@ -46,8 +46,8 @@ BN_MOMENTUM = 0.9
 class BenchmarkSettings:
     """What to run. Every field that changes a run is part of its identity in `runs.jsonl`.
 
-    The defaults are the benchmark before session 20 (larger regime: 4 epochs, seeds 0-4), which
-    the investigation scripts in `benchmarks/` pair with; `adafilter-keras benchmark`'s presets
+    The defaults are the benchmark with its larger regime at 4 epochs and seeds 0-4, which the
+    investigation scripts in `research/` pair with; `adafilter-keras benchmark`'s presets
     (`command.PRESETS`) run the larger regime for 2,000 steps with seeds 0-2.
 
     Attributes:
@@ -135,22 +135,72 @@ def run_key(settings, task, regime, method, optimizer, seed):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """What a hook of `Benchmark` is told about the model it is given or asked for.
+
+    Attributes:
+        task: Task name (`tasks.TASKS` or `tasks.EXTRA_TASKS`).
+        regime: `few_shot` or `large`.
+        method: Method name (`METHODS`).
+        optimizer: Optimizer name (`OPTIMIZERS` or `EXTRA_OPTIMIZERS`).
+        steps: Training steps of each of the cell's runs.
+    """
+
+    task: str
+    regime: str
+    method: str
+    optimizer: str
+    steps: int
+
+
+def default_optimizer(cell):
+    """The optimizer the benchmark trains `cell` with: what `cell.optimizer` names.
+
+    Args:
+        cell: A `Cell`.
+
+    Returns:
+        A new `keras.optimizers.Optimizer`: `own_recipe(cell.steps, cell.method)` for `own`,
+        `keras.optimizers.SGD(0.01, momentum=0.9)` for `sgd`, `keras.optimizers.Adam()` for
+        `adam`.
+    """
+    if cell.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    if cell.optimizer == "adam":
+        return keras.optimizers.Adam()
+    return own_recipe(cell.steps, cell.method)
+
+
 class Benchmark:
     """Runs `settings` into `output_dir`, skipping the runs already in `runs.jsonl`.
+
+    Two hooks let an investigation change how the runs train without touching the library;
+    neither is part of a run's key, so give a run made with a hook its own `output_dir`.
 
     Args:
         settings: A `BenchmarkSettings`.
         output_dir: Where `runs.jsonl`, the source backbones and the reports go.
         stream: Where progress is printed (default stdout): one line per run, redrawn in
             place on a terminal.
+        optimizer_factory: Callable `(cell) -> keras.optimizers.Optimizer` given a `Cell`,
+            called once per cell; default `default_optimizer`.
+        model_hook: Callable `(model, cell) -> None` given every model the benchmark builds
+            (after the method is applied, before it is compiled or its weights are set), to
+            change it in place. It must act the same on every call, as each seed's weights
+            are copied from a model built afresh.
     """
 
-    def __init__(self, settings, output_dir, stream=None):
+    def __init__(
+        self, settings, output_dir, stream=None, *, optimizer_factory=None, model_hook=None
+    ):
         self.settings = settings
         self.output_dir = pathlib.Path(output_dir)
         self.stream = stream or sys.stdout
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.results_path = self.output_dir / RESULTS
+        self.optimizer_factory = optimizer_factory or default_optimizer
+        self.model_hook = model_hook
 
     def done(self):
         """The results recorded so far, by run key."""
@@ -189,7 +239,14 @@ class Benchmark:
             ]
             if not todo:
                 continue
-            runner = _Cell(settings, self.output_dir, *cell, log=self._print)
+            runner = _Cell(
+                settings,
+                self.output_dir,
+                *cell,
+                log=self._print,
+                optimizer_factory=self.optimizer_factory,
+                model_hook=self.model_hook,
+            )
             for seed in todo:
                 label = "/".join(cell) + f"/seed{seed}"
                 record = runner.run(seed)
@@ -210,6 +267,43 @@ class Benchmark:
             for cell in settings.cells()
             for seed in settings.seeds_of(cell[1])
         ]
+
+    def trained(self, task, regime, method, optimizer, seeds):
+        """Trains seeds of one cell as `run()` does, without recording them, to inspect the models.
+
+        For investigations that score or probe a trained model in ways the benchmark does not.
+        The runs are those `run()` would make (same source models in `output_dir/sources`, same
+        hooks, TensorFlow op determinism on while the generator runs), but nothing is read from
+        or written to `runs.jsonl`.
+
+        Args:
+            task: Task name.
+            regime: `few_shot` or `large`.
+            method: Method name (`METHODS`).
+            optimizer: Optimizer name (`OPTIMIZERS` or `EXTRA_OPTIMIZERS`).
+            seeds: The seeds to train, in order.
+
+        Yields:
+            `(record, model, task)` per seed: the run's record as `run()` writes it (without its
+            key); the trained `keras.Model` (one object for all seeds, given each seed's weights
+            in turn: use it before asking for the next seed); and the cell's `tasks.Task` (images
+            are uint8; the model reads them as `images.astype("float32") / 255`).
+        """
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with _deterministic():
+            runner = _Cell(
+                self.settings,
+                self.output_dir,
+                task,
+                regime,
+                method,
+                optimizer,
+                log=self._print,
+                optimizer_factory=self.optimizer_factory,
+                model_hook=self.model_hook,
+            )
+            for seed in seeds:
+                yield runner.run(seed), runner.model, runner.task
 
     def _print(self, text):
         self.stream.write(text + "\n")
@@ -243,13 +337,25 @@ def _clock(seconds):
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
-def own_recipe(steps, method, cosine=True, weight_decay=True, head_multiplier=True):
+def own_recipe(
+    steps, method, cosine=True, weight_decay=True, head_multiplier=True, multipliers=None
+):
     """The `own` optimizer: the harness's recipe (TrainConfig defaults), in steps.
 
     Warm-up over the first 5 % of `steps`, then cosine decay from 0.01 to zero; the head at 10x
-    the rate; L2 decay 1e-4 on kernels (none for `l2sp`, whose penalty replaces it). Each flag set
-    to False takes one part away (`benchmarks/own_recipe.py`): `cosine=False` keeps the peak
-    after the warm-up.
+    the rate; L2 decay 1e-4 on kernels (none for `l2sp`, whose penalty replaces it).
+
+    Args:
+        steps: Training steps (the schedule's length).
+        method: Method name (`l2sp` gets no weight decay).
+        cosine: False keeps the peak rate after the warm-up (no decay).
+        weight_decay: False takes the L2 decay away.
+        head_multiplier: False trains the head at the backbone's rate.
+        multipliers: Extra `{regex: multiplier}` of `SGDWithMultipliers`, matched before the
+            head's.
+
+    Returns:
+        An `SGDWithMultipliers`.
     """
     warmup = max(1, steps // 20)
     return SGDWithMultipliers(
@@ -261,15 +367,30 @@ def own_recipe(steps, method, cosine=True, weight_decay=True, head_multiplier=Tr
         ),
         momentum=0.9,
         weight_decay_l2=1e-4 if weight_decay and method != "l2sp" else 0.0,
-        multipliers={f"^{HEAD}/": 10.0} if head_multiplier else {},
+        multipliers={
+            **(multipliers or {}),
+            **({f"^{HEAD}/": 10.0} if head_multiplier else {}),
+        },
     )
 
 
 class _Cell:
     """One compiled model for (task, regime, method, optimizer), run for several seeds."""
 
-    def __init__(self, settings, output_dir, task, regime, method, optimizer, log):
+    def __init__(
+        self,
+        settings,
+        output_dir,
+        task,
+        regime,
+        method,
+        optimizer,
+        log,
+        optimizer_factory=default_optimizer,
+        model_hook=None,
+    ):
         self.settings = settings
+        self.model_hook = model_hook
         self.task = task_data.load_task(task, settings.image_size)
         self.regime, self.method, self.optimizer_name = regime, method, optimizer
         self.source_weights = _source_backbone(settings, self.task, output_dir, log)
@@ -281,9 +402,10 @@ class _Cell:
             self.steps = settings.large_steps
         else:
             self.steps = settings.large_epochs * math.ceil(self.train_size / settings.batch_size)
+        self.cell = Cell(task, regime, method, optimizer, self.steps)
         self.model = self._build(seed=0)
         self.model.compile(
-            optimizer=self._optimizer(),
+            optimizer=optimizer_factory(self.cell),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
@@ -301,14 +423,10 @@ class _Cell:
         outputs = keras.layers.Dense(self.task.num_classes, name=HEAD)(backbone(inputs))
         model = keras.Model(inputs, outputs, name=f"{self.method}_{backbone.name}")
         gate_settings = dict(self.settings.variant)
-        return apply_method(model, backbone, self.method, seed=seed, **gate_settings)
-
-    def _optimizer(self):
-        if self.optimizer_name == "sgd":
-            return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-        if self.optimizer_name == "adam":
-            return keras.optimizers.Adam()
-        return own_recipe(self.steps, self.method)
+        model = apply_method(model, backbone, self.method, seed=seed, **gate_settings)
+        if self.model_hook is not None:
+            self.model_hook(model, self.cell)
+        return model
 
     def run(self, seed):
         started = time.time()

@@ -23,7 +23,8 @@ from adafilter_keras.wrapping.targets import describe
 GRANULARITIES = ("filter", "block")
 
 # The defaults of the gate settings, chosen on validation accuracy across the transfer benchmark's
-# tasks and seeds (docs/evidence.md). One place, so wrap(), the harness and the docs agree.
+# tasks and seeds (research/controller_defaults). One place, so wrap(), the harness and the docs
+# agree.
 DEFAULTS = dict(
     temperature=1.0,
     pretrained_bn="adapt",
@@ -114,7 +115,7 @@ def wrap(
             channel over the batch (a `BatchNormalization` without scale and offset; moving
             statistics at inference), so its gates respond to how an example differs from the
             others rather than to what they share. Without it the gates learn a per-filter
-            rate that does not depend on the input (docs/evidence.md).
+            rate that does not depend on the input (research/input_dependent_gates).
 
     Returns:
         A new functional `keras.Model` with the same inputs, outputs and name.
