@@ -303,7 +303,7 @@ def test_larger_regime_is_2000_steps_and_3_seeds_and_epoch_runs_keep_their_keys(
     epochs = command.settings_from(parser.parse_args(["--large-epochs", "4"]))
     longer = command.settings_from(parser.parse_args(["--large-steps", "3000"]))
     assert epochs.large_steps is None and longer.large_steps == 3000
-    # `--large-epochs 4` names the larger runs committed before session 20, as they were keyed.
+    # `--large-epochs 4` names the committed 4-epoch larger runs, as they were keyed.
     legacy = BenchmarkSettings()
     for method in ("finetune", "adafilter"):
         assert run_key(epochs, "domain", "large", method, "own", 0) == run_key(

@@ -46,8 +46,8 @@ BN_MOMENTUM = 0.9
 class BenchmarkSettings:
     """What to run. Every field that changes a run is part of its identity in `runs.jsonl`.
 
-    The defaults are the benchmark before session 20 (larger regime: 4 epochs, seeds 0-4), which
-    the investigation scripts in `benchmarks/` pair with; `adafilter-keras benchmark`'s presets
+    The defaults are the 4-epoch benchmark (larger regime: 4 epochs, seeds 0-4), which the
+    investigation scripts pair with; `adafilter-keras benchmark`'s presets
     (`command.PRESETS`) run the larger regime for 2,000 steps with seeds 0-2.
 
     Attributes:
