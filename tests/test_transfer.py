@@ -138,7 +138,7 @@ def test_targets_fail_on_one_cell_worse_than_its_interval_though_the_mean_is_lev
     random = verdicts["versus_random", "validation"]
     assert random["met"] and math.isclose(random["mean"], 5.0 + 2 * -1.0)
     table = report.markdown(records)
-    assert "| adafilter ≥ finetune | sgd | test | -1.00 ± " in table
+    assert "| adafilter not worse than finetune | sgd | test | -1.00 ± " in table
     assert "| no | domain large | — | no |" in table
     # Without the method there is nothing to judge.
     assert report.targets([r for r in records if r["method"] != "adafilter"]) == []
