@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # and not CHANGELOG.md (history is its purpose).
 SCANNED = ["README.md", "docs", "adafilter_keras", "examples", "benchmarks"]
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".cfg", ".ini", ".toml", ".yml", ".yaml"}
-HISTORY = re.compile(r"\bsessions? \d+|\bthe issue\b", re.IGNORECASE)
+HISTORY = re.compile(r"\bsessions?[ -]\d+|\bthe issue\b", re.IGNORECASE)
 
 
 def _product_files():
@@ -45,11 +45,15 @@ def test_the_scan_covers_the_product():
 
 def test_the_scan_catches_history(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("Fine.\nMeasured in Session 14.\nAs the issue asks.\nThe sessions table.\n")
+    page.write_text(
+        "Fine.\nMeasured in Session 14.\nAs the issue asks.\nThe sessions table.\n"
+        "The session-16 runs.\nIssues: none.\n"
+    )
     found = history_lines([page])
     assert [line.split(": ", 1)[1] for line in found] == [
         "Measured in Session 14.",
         "As the issue asks.",
+        "The session-16 runs.",
     ]
 
 
