@@ -31,7 +31,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     datasets = commands.add_parser(
         "datasets",
-        help="list the registered datasets and whether their data is on this machine",
+        help="list the registered datasets and whether their data is present locally",
         description="List every registered dataset: classes, split sizes, source, and whether "
         "it is present here, downloadable by TFDS, or needs a manual step (and which).",
     )

@@ -6,7 +6,9 @@ parsed by that command's own argument parser, and the settings of `train` and `t
 `TrainConfig` (which validates them) and their dataset looked up in the registry; nothing runs. A
 command that needs ImageNet weights or a TFDS download says `# needs network` on its line. Other
 programs must be on an allow-list, so that a new kind of command gets a decision here. Commands
-quoted inline in the prose (`adafilter-keras ...`, `python examples/...`) must parse too.
+quoted inline in the prose (`adafilter-keras ...`, `python examples/...`) must parse too. Every
+```python block must compile, every relative link must point to a file (and heading), and the
+README stays a front page of at most 120 lines.
 """
 
 import contextlib
@@ -435,3 +437,38 @@ def test_every_code_fence_is_closed(page):
     lines = page.read_text(encoding="utf-8").splitlines()
     fences = [number for number, line in enumerate(lines, 1) if _FENCE.match(line)]
     assert len(fences) % 2 == 0, f"{_relative(page)}: a code fence is not closed (lines {fences})"
+
+
+def _python_blocks(path):
+    """(first line number, source) of every ```python block of `path`."""
+    blocks, lines, start = [], [], None
+    for number, line, language in _prose_and_fences(path):
+        if language == "python":
+            start = start or number
+            lines.append(line)
+        elif lines:
+            blocks.append((start, "\n".join(lines)))
+            lines, start = [], None
+    return blocks
+
+
+PYTHON_BLOCKS = [
+    pytest.param(page, start, source, id=f"{_relative(page)}:{start}")
+    for page in PAGES
+    for start, source in _python_blocks(page)
+]
+
+
+@pytest.mark.parametrize("page, start, source", PYTHON_BLOCKS)
+def test_python_snippet_compiles(page, start, source):
+    # Snippets need data, weights or a trained model to run; they must at least be Python.
+    try:
+        compile(source, f"{_relative(page)}:{start}", "exec")
+    except SyntaxError as error:
+        pytest.fail(f"{_relative(page)}:{start + (error.lineno or 1) - 1}: {error.msg}")
+
+
+def test_the_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 120, f"README.md has {len(lines)} lines; move detail into docs/"
+    assert PYTHON_BLOCKS and any(p.values[0].name == "README.md" for p in PYTHON_BLOCKS)

@@ -143,7 +143,7 @@ def test_targets_fail_on_one_cell_worse_than_its_interval_though_the_mean_is_lev
     random = verdicts["versus_random", "validation"]
     assert random["met"] and math.isclose(random["mean"], 5.0 + 2 * -1.0)
     table = report.markdown(records)
-    assert "| adafilter ≥ finetune | sgd | test | -1.00 ± " in table
+    assert "| adafilter not worse than finetune | sgd | test | -1.00 ± " in table
     assert "| no | domain large | — | no |" in table
     # Without the method there is nothing to judge.
     assert report.targets([r for r in records if r["method"] != "adafilter"]) == []
@@ -308,7 +308,7 @@ def test_larger_regime_is_2000_steps_and_3_seeds_and_epoch_runs_keep_their_keys(
     epochs = command.settings_from(parser.parse_args(["--large-epochs", "4"]))
     longer = command.settings_from(parser.parse_args(["--large-steps", "3000"]))
     assert epochs.large_steps is None and longer.large_steps == 3000
-    # `--large-epochs 4` names the larger runs committed before session 20, as they were keyed.
+    # `--large-epochs 4` names the committed 4-epoch larger runs, as they were keyed.
     legacy = BenchmarkSettings()
     for method in ("finetune", "adafilter"):
         assert run_key(epochs, "domain", "large", method, "own", 0) == run_key(

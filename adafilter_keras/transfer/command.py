@@ -18,8 +18,8 @@ from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 from adafilter_keras.wrapping.wrap import check_gate_settings
 
 # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers, 5 seeds few-shot and 3 in the
-# larger regime (288 runs). The larger regime has thousands of steps: 2,000 a run,
-# where 4 epochs were 312-752; 5 seeds of those do not fit in its 2 hours, 3 do.
+# larger regime (288 runs). A larger-regime run is 2,000 steps on every task (4 epochs would be
+# 312-752); 3 larger seeds keep the whole benchmark near 2 hours on 2 CPU cores, 5 would not.
 _FULL = BenchmarkSettings(large_steps=2000, large_seeds=(0, 1, 2))
 PRESETS = {
     "full": _FULL,
@@ -87,8 +87,8 @@ def add_arguments(parser):
         "--large-epochs",
         type=int,
         help="epochs of a larger-regime run instead of --large-steps (4 epochs are 312-752 "
-        "steps on the three tasks: the larger regime of the runs committed before session 20); "
-        "part of every larger run's identity",
+        "steps on the three tasks; `--large-epochs 4 --large-seeds 0 1 2 3 4` names the "
+        "committed 4-epoch runs); part of every larger run's identity",
     )
     parser.add_argument(
         "--large-steps",
@@ -217,7 +217,7 @@ def run(args, stream=None):
                 f"Only {len(records)} of the {settings.total_runs()} runs of these settings are "
                 f"in {benchmark.results_path}: the report covers those. Run without "
                 "--report-only to add the others, or give the flags the runs were made with "
-                "(e.g. --large-epochs 4 --large-seeds 0 1 2 3 4 for runs made before session 20).",
+                "(e.g. --large-epochs 4 --large-seeds 0 1 2 3 4 for the committed 4-epoch runs).",
                 file=stream,
             )
     else:

@@ -46,7 +46,7 @@ BN_MOMENTUM = 0.9
 class BenchmarkSettings:
     """What to run. Every field that changes a run is part of its identity in `runs.jsonl`.
 
-    The defaults are the benchmark with its larger regime at 4 epochs and seeds 0-4, which the
+    The defaults are the 4-epoch benchmark (larger regime: 4 epochs, seeds 0-4), which the
     investigation scripts in `research/` pair with; `adafilter-keras benchmark`'s presets
     (`command.PRESETS`) run the larger regime for 2,000 steps with seeds 0-2.
 
