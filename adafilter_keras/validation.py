@@ -48,6 +48,18 @@ def rate(name, value):
     return float(value)
 
 
+def rates(name, value):
+    """Returns `value` as a float in (0, 1), or a list of them (one per gated layer)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(
+                f"`{name}` must be a rate in (0, 1) or a non-empty list of them. "
+                f"Received: {name}={value!r}"
+            )
+        return [rate(f"{name}[{i}]", item) for i, item in enumerate(value)]
+    return rate(name, value)
+
+
 def int_pair(name, value):
     """Returns `value` as a pair of positive ints; a single int is used for both dimensions."""
     pair = (value, value) if isinstance(value, numbers.Integral) else value

@@ -5,7 +5,7 @@ no controller gradient into the backbone)."""
 import keras
 import numpy as np
 import pytest
-from support import to_numpy
+from support import loss_gradients, to_numpy
 
 import adafilter_keras
 from adafilter_keras import GateController
@@ -143,3 +143,93 @@ def test_probability_spread_is_the_mean_over_filters_of_the_batch_standard_devia
         probability.std(axis=0).mean(),
         rtol=1e-4,
     )
+
+
+def _head_bias_gradients(model, x, y):
+    """Per gated layer, the gradient of the controller head's bias, after one SGD step."""
+    from adafilter_keras.inspection import find_controller
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.SGD(0.1), loss)
+    model.train_on_batch(x, y)  # moves the fine-tuned filters away from the pre-trained ones
+    grads = loss_gradients(model, x, y, loss)
+    lookup = {id(v): g for v, g in zip(model.trainable_variables, grads, strict=True)}
+    return [lookup[id(head.bias)] for head in find_controller(model).heads]
+
+
+def _wrapped_small_resnet(width, **settings):
+    from adafilter_keras.training.backbones import small_resnet
+
+    keras.utils.set_random_seed(0)
+    backbone = small_resnet((16, 16, 3), width=width)
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3)(backbone(inputs)))
+    return adafilter_keras.wrap(model, seed=0, **settings)
+
+
+def _median_rms(gradients):
+    return float(np.median([np.sqrt(np.mean(np.square(g))) for g in gradients]))
+
+
+def test_normalized_controller_gradient_does_not_depend_on_the_backbone_width(rng):
+    x = rng.uniform(size=(8, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 3, 8)
+    rms = {}
+    for normalize in (True, False):
+        settings = {"normalize_controller_gradient": normalize, "gradient_scale": 0.3}
+        for width in (4, 16):
+            gradients = _head_bias_gradients(_wrapped_small_resnet(width, **settings), x, y)
+            rms[normalize, width] = _median_rms(gradients)
+    # Normalized: every head's bias gets a gradient of RMS `gradient_scale` whatever the width,
+    # so the controller's first SGD update is the same size on both backbones.
+    assert rms[True, 4] == pytest.approx(0.3, rel=1e-3)
+    assert rms[True, 16] == pytest.approx(0.3, rel=1e-3)
+    # Only multiplied, it is the loss gradient's size times 0.3: far smaller on these backbones.
+    assert max(rms[False, 4], rms[False, 16]) < 0.01
+
+
+def test_normalized_gradient_keeps_the_direction_and_sets_the_bias_gradient_size(rng):
+    from adafilter_keras.layers.gate_sampling import normalize_gradient
+
+    weights = rng.normal(size=(6, 5)).astype("float32")
+
+    def gradient(normalize, loss_scale):
+        logits = keras.Variable(weights)
+
+        def loss_fn():
+            output = normalize_gradient(logits, 2.0) if normalize else logits
+            return loss_scale * keras.ops.sum(keras.ops.sin(output))
+
+        return to_numpy(_gradient_of(loss_fn, logits))
+
+    plain = gradient(False, 1.0)
+    for loss_scale in (1e-4, 1e3):
+        normalized = gradient(True, loss_scale)
+        np.testing.assert_allclose(np.sqrt(np.mean(normalized.sum(axis=0) ** 2)), 2.0, rtol=1e-4)
+        factor = normalized.ravel() @ plain.ravel() / (plain.ravel() @ plain.ravel())
+        np.testing.assert_allclose(normalized, factor * plain, rtol=1e-4, atol=1e-6)
+    zero = gradient(True, 0.0)
+    assert not np.any(zero) and np.all(np.isfinite(zero))
+
+
+def _gradient_of(loss_fn, variable):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        return tape.gradient(loss, variable.value)
+    if backend == "jax":
+        import jax
+
+        def stateless(value):
+            with keras.StatelessScope(state_mapping=[(variable, value)]):
+                return loss_fn()
+
+        return jax.grad(stateless)(variable.value)
+    import torch
+
+    value = variable.value
+    loss = loss_fn()
+    return torch.autograd.grad(loss, value)[0]

@@ -9,6 +9,7 @@ from adafilter_keras import validation
 from adafilter_keras.layers.gate_sampling import (
     INFERENCE_RULES,
     gate_probability,
+    normalize_gradient,
     sample_gates,
     scale_gradient,
 )
@@ -47,7 +48,8 @@ class GateController(keras.layers.Layer):
     * `initial_rate`: the heads' bias starts at `logit(initial_rate)`, so each gate starts as a
       coin that picks the fine-tuned filter with that probability.
     * `gradient_scale`: the gradient that reaches the controller's weights is multiplied by this
-      factor (the forward pass is unchanged). With SGD this is a learning-rate multiplier for
+      factor (the forward pass is unchanged); with `normalize_gradient`, it is the size the
+      gradient is normalized to instead. With SGD this is a learning-rate multiplier for
       the controller that works with any optimizer a user compiles with. The controller reads
       the backbone's activations without sending gradient back into them.
     * `warmup_steps`: for the first training steps every gate is forced to 1 (plain fine-tuning,
@@ -71,7 +73,9 @@ class GateController(keras.layers.Layer):
         layer_names: Optional list with a name for each gated layer (for summaries and logs);
             defaults to `"gated_layer_{i}"`.
         policy: `"learned"` (the recurrent gate network) or `"random"` (see above).
-        random_rate: Probability of a fine-tuned gate under `policy="random"`, in (0, 1).
+        random_rate: Probability of a fine-tuned gate under `policy="random"`, in (0, 1), or a
+            list of one such probability per gated layer (to draw random gates at the rates
+            a learned controller reached: `gate_report`'s `fraction_finetuned`).
         initial_rate: Initial probability of a fine-tuned gate under `policy="learned"`, in
             (0, 1).
         gradient_scale: Factor (> 0) on the gradient reaching the controller's weights.
@@ -82,6 +86,13 @@ class GateController(keras.layers.Layer):
             projection: over the batch in training, with moving statistics (momentum 0.9) at
             inference. The pooled activations of a pre-trained network share a large common
             part; without this the logits barely vary across examples.
+        normalize_gradient: If True, the gradient reaching each gated layer's logits is
+            normalized so that the head's bias receives a gradient of RMS `gradient_scale` at
+            every step (`gate_sampling.normalize_gradient`), whatever the size of the loss
+            gradient: the controller then learns at one rate on any backbone (the loss gradient
+            per filter shrinks with the layer's width and grows as the fine-tuned filters move
+            away from the pre-trained ones). If False, the gradient is multiplied by
+            `gradient_scale`.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
     """
 
@@ -100,6 +111,7 @@ class GateController(keras.layers.Layer):
         inference="expected",
         warmup_steps=0,
         normalize_inputs=False,
+        normalize_gradient=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -125,12 +137,18 @@ class GateController(keras.layers.Layer):
             )
         self.layer_names = [str(name) for name in layer_names]
         self.policy = validation.one_of("policy", policy, POLICIES)
-        self.random_rate = validation.rate("random_rate", random_rate)
+        self.random_rate = validation.rates("random_rate", random_rate)
+        if isinstance(self.random_rate, list) and len(self.random_rate) != len(self.filters):
+            raise ValueError(
+                "`random_rate` must be one rate, or a list of one rate per gated layer. "
+                f"Received: {len(self.random_rate)} rates for {len(self.filters)} gated layers"
+            )
         self.initial_rate = validation.rate("initial_rate", initial_rate)
         self.gradient_scale = validation.positive_float("gradient_scale", gradient_scale)
         self.inference = validation.one_of("inference", inference, INFERENCE_RULES)
         self.warmup_steps = validation.non_negative_int("warmup_steps", warmup_steps)
         self.normalize_inputs = validation.boolean("normalize_inputs", normalize_inputs)
+        self.normalize_gradient = validation.boolean("normalize_gradient", normalize_gradient)
         if self.policy == "random":
             self.projections, self.cell, self.heads, self.normalizations = [], None, [], []
             return
@@ -224,7 +242,7 @@ class GateController(keras.layers.Layer):
         pooled = ops.stop_gradient(ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1))))
         if self.policy == "random":
             gate, hidden, cell_state = self._random_gate(pooled, states, index, training)
-            probability = ops.full(ops.shape(gate), self.random_rate, dtype="float32")
+            probability = ops.full(ops.shape(gate), self._rate_of(index), dtype="float32")
         else:
             # The sublayers (built in `build`, run in this layer's dtype scope) are run by their
             # `call`: `__call__`'s bookkeeping, repeated for each gated layer, made most of an
@@ -238,7 +256,11 @@ class GateController(keras.layers.Layer):
             hidden, (hidden, cell_state) = self.cell.call(
                 projected, list(states), training=bool(training)
             )
-            logits = scale_gradient(self.heads[index].call(hidden), self.gradient_scale)
+            logits = self.heads[index].call(hidden)
+            if self.normalize_gradient:
+                logits = normalize_gradient(logits, self.gradient_scale)
+            else:
+                logits = scale_gradient(logits, self.gradient_scale)
             gate = sample_gates(
                 logits,
                 temperature=self.temperature,
@@ -277,13 +299,19 @@ class GateController(keras.layers.Layer):
         shape = (ops.shape(pooled)[0], self.filters[index])
         if training:
             uniform = keras.random.uniform(shape, dtype="float32", seed=self.seed_generator)
-            gate = ops.cast(uniform < self.random_rate, "float32")
+            gate = ops.cast(uniform < self._rate_of(index), "float32")
         else:
-            gate = ops.full(shape, self.random_rate, dtype="float32")
+            gate = ops.full(shape, self._rate_of(index), dtype="float32")
         if states is None:
             zeros = ops.zeros((ops.shape(pooled)[0], self.units), dtype=self.compute_dtype)
             states = [zeros, zeros]
         return gate, states[0], states[1]
+
+    def _rate_of(self, index):
+        """The random gates' rate of gated layer `index`."""
+        if isinstance(self.random_rate, list):
+            return self.random_rate[index]
+        return self.random_rate
 
     def compute_output_spec(self, inputs, states=None, index=0, training=None):
         self._check_call(inputs, index)
@@ -350,12 +378,15 @@ class GateController(keras.layers.Layer):
                 "seed": self.seed,
                 "layer_names": list(self.layer_names),
                 "policy": self.policy,
-                "random_rate": self.random_rate,
+                "random_rate": self.random_rate
+                if not isinstance(self.random_rate, list)
+                else list(self.random_rate),
                 "initial_rate": self.initial_rate,
                 "gradient_scale": self.gradient_scale,
                 "inference": self.inference,
                 "warmup_steps": self.warmup_steps,
                 "normalize_inputs": self.normalize_inputs,
+                "normalize_gradient": self.normalize_gradient,
             }
         )
         return config

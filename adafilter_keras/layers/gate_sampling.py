@@ -61,3 +61,41 @@ def scale_gradient(x, scale):
         return x
     frozen = ops.stop_gradient(x)
     return frozen + scale * (x - frozen)
+
+
+# Below this mean square the gradient is taken as exactly zero (the branches are still equal).
+_TINY = 1e-30
+
+
+def normalize_gradient(logits, scale):
+    """Returns `logits` unchanged forward, with a gradient of a fixed size backward.
+
+    The gradient reaching `logits`, shape `(batch, filters)`, is divided by the root mean square
+    over filters of its sum over the batch (what a per-filter bias of the logits receives) and
+    multiplied by `scale`: the logits' bias then receives a gradient of RMS exactly `scale`
+    whatever the size of the loss gradient, which shrinks with the number of filters and with
+    how far the fine-tuned filters have moved. The direction, and the relative size of the
+    examples' and filters' contributions, are kept. A gradient that is exactly zero stays zero.
+
+    Args:
+        logits: Float tensor `(batch, filters)`.
+        scale: Positive float, the RMS of the bias gradient after normalization.
+
+    Returns:
+        A tensor equal to `logits`.
+    """
+
+    @ops.custom_gradient
+    def identity(x):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            gradient = ops.cast(upstream, "float32")
+            summed = ops.sum(gradient, axis=0)
+            factor = scale * ops.rsqrt(ops.mean(summed * summed) + _TINY)
+            # Zero stays zero: rsqrt(_TINY) times a zero gradient is zero.
+            return ops.cast(gradient * factor, upstream.dtype)
+
+        return x, grad
+
+    return identity(ops.convert_to_tensor(logits))

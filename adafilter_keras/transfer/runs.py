@@ -127,7 +127,7 @@ def run_key(settings, task, regime, method, optimizer, seed):
             else None,
             "source_epochs": settings.source_epochs,
             # The gated methods' resolved settings: a change of wrap()'s defaults is a new run.
-            "variant": {**WRAP_DEFAULTS, **settings.variant}
+            "variant": _variant_key(settings.variant)
             if method in ("adafilter", "stochastic", "block")
             else {},
         },
@@ -170,6 +170,20 @@ def default_optimizer(cell):
     if cell.optimizer == "adam":
         return keras.optimizers.Adam()
     return own_recipe(cell.steps, cell.method)
+
+
+# Settings added to wrap() after runs were recorded, with the value that reproduces those runs:
+# left out of a run's key while they hold it, so the recorded runs keep their keys.
+_LATER_SETTINGS = {"normalize_controller_gradient": False}
+
+
+def _variant_key(variant):
+    resolved = {**WRAP_DEFAULTS, **variant}
+    return {
+        name: value
+        for name, value in resolved.items()
+        if name not in _LATER_SETTINGS or value != _LATER_SETTINGS[name]
+    }
 
 
 class Benchmark:

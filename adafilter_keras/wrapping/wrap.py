@@ -33,6 +33,7 @@ DEFAULTS = dict(
     inference="expected",
     gate_warmup_steps=0,
     normalize_controller_inputs=True,
+    normalize_controller_gradient=False,
 )
 _BLOCK_NAME = re.compile(r"^(.+_block\d+)_")
 
@@ -54,6 +55,7 @@ def wrap(
     inference=DEFAULTS["inference"],
     gate_warmup_steps=DEFAULTS["gate_warmup_steps"],
     normalize_controller_inputs=DEFAULTS["normalize_controller_inputs"],
+    normalize_controller_gradient=DEFAULTS["normalize_controller_gradient"],
 ):
     """Turns a pre-trained functional CNN into an AdaFilter model.
 
@@ -98,7 +100,8 @@ def wrap(
         policy: `"learned"` (the gate controller) or `"random"`: gates drawn at `random_rate`
             in training and fixed at `random_rate` at inference, the stochastic fine-tuning
             baseline.
-        random_rate: Probability of the fine-tuned branch under `policy="random"`.
+        random_rate: Probability of the fine-tuned branch under `policy="random"`, or a list
+            of one probability per gated layer in controller order.
         granularity: `"filter"` (one gate per example and filter) or `"block"` (one gate per
             example and residual block, shared by all the block's convolutions, as in SpotTune;
             blocks are recognised by the `keras.applications` naming `..._block<N>_...`, and any
@@ -116,6 +119,10 @@ def wrap(
             statistics at inference), so its gates respond to how an example differs from the
             others rather than to what they share. Without it the gates learn a per-filter
             rate that does not depend on the input (research/input_dependent_gates).
+        normalize_controller_gradient: If True, the gradient reaching each gated layer's gate
+            logits is normalized so that the controller head's bias receives a gradient of RMS
+            `gradient_scale` at every step, whatever the backbone's width or the size of its
+            loss gradient (`GateController(normalize_gradient=True)`).
 
     Returns:
         A new functional `keras.Model` with the same inputs, outputs and name.
@@ -132,10 +139,15 @@ def wrap(
         pretrained_bn=validation.one_of("pretrained_bn", pretrained_bn, PRETRAINED_BRANCH_MODES),
         seed=_check_seed(seed),
         policy=validation.one_of("policy", policy, POLICIES),
-        random_rate=validation.rate("random_rate", random_rate),
+        random_rate=validation.rates("random_rate", random_rate),
         granularity=validation.one_of("granularity", granularity, GRANULARITIES),
         gate_options=_gate_options(
-            initial_rate, gradient_scale, inference, gate_warmup_steps, normalize_controller_inputs
+            initial_rate,
+            gradient_scale,
+            inference,
+            gate_warmup_steps,
+            normalize_controller_inputs,
+            normalize_controller_gradient,
         ),
     )
     model = _as_functional(model)
@@ -158,7 +170,7 @@ class _Options:
     pretrained_bn: str
     seed: int | None
     policy: str
-    random_rate: float
+    random_rate: float | list
     granularity: str
     gate_options: dict
 
@@ -183,6 +195,7 @@ def check_gate_settings(settings):
         resolved["inference"],
         resolved["gate_warmup_steps"],
         resolved["normalize_controller_inputs"],
+        resolved["normalize_controller_gradient"],
     )
     checked = dict(
         temperature=validation.positive_float("temperature", resolved["temperature"]),
@@ -190,15 +203,19 @@ def check_gate_settings(settings):
             "pretrained_bn", resolved["pretrained_bn"], PRETRAINED_BRANCH_MODES
         ),
         normalize_controller_inputs=options.pop("normalize_inputs"),
+        normalize_controller_gradient=options.pop("normalize_gradient"),
         gate_warmup_steps=options.pop("warmup_steps"),
         **options,
     )
     return {key: checked[key] for key in settings}
 
 
-def _gate_options(initial_rate, gradient_scale, inference, gate_warmup_steps, normalize_inputs):
+def _gate_options(
+    initial_rate, gradient_scale, inference, gate_warmup_steps, normalize_inputs, normalize_gradient
+):
     return dict(
         normalize_inputs=validation.boolean("normalize_controller_inputs", normalize_inputs),
+        normalize_gradient=validation.boolean("normalize_controller_gradient", normalize_gradient),
         initial_rate=validation.rate("initial_rate", initial_rate),
         gradient_scale=validation.positive_float("gradient_scale", gradient_scale),
         inference=validation.one_of("inference", inference, INFERENCE_RULES),
