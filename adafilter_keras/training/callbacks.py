@@ -12,6 +12,12 @@ from adafilter_keras.inspection import find_controller
 class GateStatistics(keras.callbacks.Callback):
     """Logs, each epoch, what the gates of every gated layer did in training.
 
+    Training steps keep no gate statistics unless asked: this callback asks, for the `fit` it
+    is passed to. At the start of training it turns the controller's statistics on
+    (`GateController.start_statistics`) and makes the model re-make its train function; at the
+    end it turns them off again. For a one-off measurement, `adafilter_keras.gate_report(model,
+    x)` needs no callback.
+
     Per gated layer and epoch (see `GateController.gate_report`):
 
     * `fraction_finetuned`: how often the training gates picked the fine-tuned filter;
@@ -49,7 +55,8 @@ class GateStatistics(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._controller = find_controller(self.model)
         self.layer_names = list(self._controller.layer_names)
-        self._controller.reset_gate_statistics()
+        self._controller.start_statistics()
+        self.model.make_train_function(force=True)
         if self.log_dir and self._writer is None:
             import tensorflow as tf
 
@@ -104,6 +111,8 @@ class GateStatistics(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_train_end(self, logs=None):
+        self._controller.stop_statistics()
+        self.model.train_function = None  # the next `fit` makes one without the statistics
         if self._writer is not None:
             self._writer.close()
             self._writer = None
