@@ -54,7 +54,12 @@ def gate_model(model):
             controller more than once (then pass that nested model).
     """
     controller = find_controller(model)
-    return keras.Model(model.inputs, _gate_tensors(model, controller), name=f"{model.name}_gates")
+    return keras.Model(_inputs(model), _gate_tensors(model, controller), name=f"{model.name}_gates")
+
+
+def _inputs(model):
+    # One input as a tensor, not a list of one: called with one array, the model then warns not.
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
 def _gate_tensors(model, controller):
@@ -232,8 +237,7 @@ def gate_report(model, x, batch_size=32, steps=None):
         raise ValueError(f"`steps` must be a positive int or None. Received: steps={steps!r}")
     learned = controller.policy == "learned"
     tensors = _controller_tensors(model, controller)
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    probe = keras.Model(inputs, tensors if learned else tensors[::2])
+    probe = keras.Model(_inputs(model), tensors if learned else tensors[::2])
     trainable = [v.value for v in probe.trainable_variables]
     non_trainable = [v.value for v in probe.non_trainable_variables]
     state = list(non_trainable)

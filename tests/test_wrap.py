@@ -368,7 +368,7 @@ def test_random_policy_has_no_controller_weights_and_draws_at_the_rate():
     )
     inference = ak.gate_model(wrapped).predict(x, verbose=0)
     assert all(np.all(g == 0.25) for g in inference)
-    training_gates = [to_numpy(g) for g in ak.gate_model(wrapped)([x], training=True)]
+    training_gates = [to_numpy(g) for g in ak.gate_model(wrapped)(x, training=True)]
     assert all(set(np.unique(g)) <= {0.0, 1.0} for g in training_gates)
     assert abs(np.mean(np.concatenate([g.ravel() for g in training_gates])) - 0.25) < 0.03
 
