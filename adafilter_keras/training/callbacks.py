@@ -1,5 +1,6 @@
 """Harness callbacks: gate statistics for TensorBoard, and a NaN stop that says what happened."""
 
+import contextlib
 import io
 import math
 
@@ -55,8 +56,13 @@ class GateStatistics(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._controller = find_controller(self.model)
         self.layer_names = list(self._controller.layer_names)
-        self._controller.start_statistics()
-        self.model.make_train_function(force=True)
+        # Under a TensorFlow distribution strategy, the statistics variables are created in its
+        # scope, where the model's variables live.
+        strategy = getattr(self.model, "distribute_strategy", None)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self._controller.start_statistics()
+        _forget_functions(self.model)
+        self.model.make_train_function()  # `fit` has made its own already: one that counts them
         if self.log_dir and self._writer is None:
             import tensorflow as tf
 
@@ -112,10 +118,16 @@ class GateStatistics(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._controller.stop_statistics()
-        self.model.train_function = None  # the next `fit` makes one without the statistics
+        _forget_functions(self.model)  # the next `fit` makes them without the statistics
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _forget_functions(model):
+    # Made with another set of variables: under a JAX distribution their recorded shardings
+    # would no longer match the model's state.
+    model.train_function = model.test_function = model.predict_function = None
 
 
 def controller_gradient_norms(model, controller, probe):
