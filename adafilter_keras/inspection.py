@@ -1,6 +1,7 @@
 """Looking inside a model that uses AdaFilter layers."""
 
 import collections
+import contextlib
 
 import keras
 import numpy as np
@@ -235,36 +236,7 @@ def gate_report(model, x, batch_size=32, steps=None):
         )
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"`steps` must be a positive int or None. Received: steps={steps!r}")
-    learned = controller.policy == "learned"
-    tensors = _controller_tensors(model, controller)
-    probe = keras.Model(_inputs(model), tensors if learned else tensors[::2])
-    trainable = [v.value for v in probe.trainable_variables]
-    non_trainable = [v.value for v in probe.non_trainable_variables]
-    state = list(non_trainable)
-    # The noise seeds (`variables` that are not `weights`) advance from batch to batch so that
-    # each batch draws new gate noise; everything else keeps its value.
-    weights = {id(v) for v in probe.weights}
-    seeds = [i for i, v in enumerate(probe.non_trainable_variables) if id(v) not in weights]
-    sums = [_LayerSums(filters) for filters in controller.filters]
-    for batch in _batches(x, batch_size, steps):
-        trained, updated = probe.stateless_call(trainable, state, batch, training=True)
-        for i in seeds:
-            state[i] = updated[i]
-        inferred, _ = probe.stateless_call(trainable, non_trainable, batch, training=False)
-        for index, layer_sums in enumerate(sums):
-            if learned:
-                train_gate = trained[2 * index]
-                inference_gate, hidden = inferred[2 * index], inferred[2 * index + 1]
-                probability = keras.ops.sigmoid(controller.heads[index](hidden))
-            else:
-                train_gate = trained[index]
-                inference_gate = probability = inferred[index]
-            layer_sums.add(
-                *(
-                    keras.ops.convert_to_numpy(t).astype("float64")
-                    for t in (train_gate, inference_gate, probability)
-                )
-            )
+    sums = _measure(model, controller, _batches(x, batch_size, steps))
     if not sums[0].examples:
         raise ValueError(
             f"`gate_report` needs at least one example in `x`. Received: {type(x).__name__} with "
@@ -282,6 +254,51 @@ def gate_report(model, x, batch_size=32, steps=None):
             zip(controller.layer_names, controller.filters, sums, strict=True)
         )
     )
+
+
+def _measure(model, controller, batches):
+    """Runs `model` on `batches` in training and inference mode; returns a `_LayerSums` a layer."""
+    learned = controller.policy == "learned"
+    tensors = _controller_tensors(model, controller)
+    probe = keras.Model(_inputs(model), tensors if learned else tensors[::2])
+    trainable = [v.value for v in probe.trainable_variables]
+    non_trainable = [v.value for v in probe.non_trainable_variables]
+    state = list(non_trainable)
+    # The noise seeds (`variables` that are not `weights`) advance from batch to batch so that
+    # each batch draws new gate noise; everything else keeps its value.
+    weights = {id(v) for v in probe.weights}
+    seeds = [i for i, v in enumerate(probe.non_trainable_variables) if id(v) not in weights]
+    sums = [_LayerSums(filters) for filters in controller.filters]
+    with _no_gradient():
+        for batch in batches:
+            trained, updated = probe.stateless_call(trainable, state, batch, training=True)
+            for i in seeds:
+                state[i] = updated[i]
+            inferred, _ = probe.stateless_call(trainable, non_trainable, batch, training=False)
+            for index, layer_sums in enumerate(sums):
+                if learned:
+                    train_gate = trained[2 * index]
+                    inference_gate, hidden = inferred[2 * index], inferred[2 * index + 1]
+                    probability = keras.ops.sigmoid(controller.heads[index](hidden))
+                else:
+                    train_gate = trained[index]
+                    inference_gate = probability = inferred[index]
+                layer_sums.add(
+                    *(
+                        keras.ops.convert_to_numpy(t).astype("float64")
+                        for t in (train_gate, inference_gate, probability)
+                    )
+                )
+    return sums
+
+
+def _no_gradient():
+    # PyTorch records every operation for a backward pass unless told not to.
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
 
 
 class _LayerSums:

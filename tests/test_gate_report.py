@@ -99,8 +99,9 @@ def test_random_policy_report_matches_the_rate(rng):
         assert row["train_inference_agreement"] == pytest.approx(expected, abs=0.02)
 
 
-def test_learned_policy_with_known_probabilities(rng):
-    model = ak.wrap(_backbone(), seed=1, controller_units=8)
+@pytest.mark.parametrize("inference", ["expected", "threshold"])
+def test_learned_policy_with_known_probabilities(rng, inference):
+    model = ak.wrap(_backbone(), seed=1, controller_units=8, inference=inference)
     controller = find_controller(model)
     probabilities = [np.array([0.9, 0.2, 0.6, 0.4]), np.array([0.1, 0.3, 0.5, 0.7, 0.8, 0.95])]
     for head, p in zip(controller.heads, probabilities, strict=True):
@@ -109,12 +110,16 @@ def test_learned_policy_with_known_probabilities(rng):
     x = rng.normal(size=(4000, 8, 8, 3)).astype("float32")
     report = ak.gate_report(model, x, batch_size=1000)
     for row, p in zip(report, probabilities, strict=True):
-        assert row["fraction_finetuned_inference"] == pytest.approx(p.mean(), abs=1e-5)
+        # Inference gate: p ("expected") or the decision 1[p > 0.5] ("threshold"); a training
+        # gate is 1 with probability p, so E|g - p| = 2 p (1 - p) and E|g - 1[p > 0.5]| is
+        # min(p, 1 - p).
+        inferred = p if inference == "expected" else (p > 0.5).astype(float)
+        distance = 2.0 * p * (1.0 - p) if inference == "expected" else np.minimum(p, 1.0 - p)
+        assert row["fraction_finetuned_inference"] == pytest.approx(inferred.mean(), abs=1e-5)
         assert row["fraction_finetuned"] == pytest.approx(p.mean(), abs=0.01)
         assert row["disagreement"] == 0.0  # each filter's decision is fixed
         assert row["probability_spread"] == pytest.approx(0.0, abs=1e-5)
-        expected = 1.0 - np.mean(2.0 * p * (1.0 - p))
-        assert row["train_inference_agreement"] == pytest.approx(expected, abs=0.01)
+        assert row["train_inference_agreement"] == pytest.approx(1 - distance.mean(), abs=0.01)
 
 
 def test_gate_report_changes_nothing_and_reads_outer_models_and_datasets(rng):
