@@ -9,7 +9,12 @@ from adafilter_keras import console as _console
 # Before Keras (and TensorFlow) are first imported: keep their start-up lines off the screen.
 _console.import_backend_quietly()
 
-from adafilter_keras.inspection import count_parameters, gate_model, gated_layers  # noqa: E402
+from adafilter_keras.inspection import (  # noqa: E402
+    count_parameters,
+    gate_model,
+    gate_report,
+    gated_layers,
+)
 from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm  # noqa: E402
 from adafilter_keras.version import __version__  # noqa: E402
 from adafilter_keras.wrapping import wrap  # noqa: E402
@@ -21,6 +26,7 @@ __all__ = [
     "__version__",
     "count_parameters",
     "gate_model",
+    "gate_report",
     "gated_layers",
     "wrap",
 ]

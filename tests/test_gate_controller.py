@@ -69,9 +69,44 @@ def test_gumbel_gates_follow_the_sigmoid_of_the_logits():
     assert not np.array_equal(gates, again)  # the generator advances: fresh noise each step
 
 
+def test_training_keeps_no_statistics_unless_started(rng):
+    controller = _controller()
+    xs = _inputs(rng, batch=4)
+    _run_chain(controller, xs, training=True)
+    # No statistics variables and no step count (that exists only for a gate warm-up).
+    assert controller.non_trainable_weights == [] and controller.training_steps is None
+    assert not controller.statistics_enabled and controller.statistics_variables == []
+    with pytest.raises(ValueError, match=r"start_statistics\(\).*statistics_enabled=False"):
+        controller.gate_report()
+    with pytest.raises(ValueError, match="statistics_enabled=False"):
+        controller.reset_gate_statistics()
+    warm = _controller(warmup_steps=2)
+    _run_chain(warm, xs, training=True)
+    _run_chain(warm, xs, training=False)
+    assert [w.name for w in warm.non_trainable_weights] == ["training_steps"]
+    assert float(to_numpy(warm.training_steps)) == 1.0
+
+
+def test_statistics_start_and_stop_add_and_remove_their_variables(rng):
+    controller = _controller()
+    with pytest.raises(ValueError, match="must be built before its statistics start"):
+        controller.start_statistics()
+    xs = _inputs(rng, batch=4)
+    _run_chain(controller, xs, training=False)
+    controller.start_statistics()
+    names = [w.name for w in controller.non_trainable_weights]
+    assert names == ["gate_sum_0", "gate_sum_1", "report_sums_0", "report_sums_1"]
+    assert controller.statistics_variables == controller.non_trainable_weights
+    controller.stop_statistics()
+    assert controller.non_trainable_weights == [] and not controller.statistics_enabled
+    controller.stop_statistics()  # a no-op when off
+
+
 def test_statistics_accumulate_in_training_only_and_reset(rng):
     controller = _controller()
     xs = _inputs(rng, batch=4)
+    _run_chain(controller, xs, training=False)
+    controller.start_statistics()
     gates = _run_chain(controller, xs, training=True)
     _run_chain(controller, xs, training=False)
     gates_2 = _run_chain(controller, xs, training=True)

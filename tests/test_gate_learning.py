@@ -117,6 +117,8 @@ def test_warmup_forces_fine_tuned_gates_then_samples(rng):
 def test_gate_report_measures_input_dependence_and_agreement(rng):
     controller = _controller(inference="threshold")
     x = keras.ops.convert_to_tensor(rng.normal(size=(64, 6, 6, 2)).astype("float32"))
+    controller(x, index=0)  # builds it
+    controller.start_statistics()
     controller(x, index=0, training=True)
     (report,) = controller.gate_report()
     gates = to_numpy(controller(x, index=0, training=False)[0])
@@ -135,6 +137,8 @@ def test_probability_spread_is_the_mean_over_filters_of_the_batch_standard_devia
     # probability sigmoid(logit) of the same batch.
     controller = _controller(inference="expected")
     x = keras.ops.convert_to_tensor(rng.normal(size=(64, 6, 6, 2)).astype("float32"))
+    controller(x, index=0)  # builds it
+    controller.start_statistics()
     controller(x, index=0, training=True)
     probability = to_numpy(controller(x, index=0, training=False)[0])
     assert probability.std(axis=0).mean() > 1e-3

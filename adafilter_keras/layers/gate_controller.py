@@ -16,8 +16,20 @@ from adafilter_keras.layers.gate_sampling import (
 
 POLICIES = ("learned", "random")
 
-# Per-layer running sums kept in training, in this order (see `gate_report`).
+# Per-layer running sums kept in training while statistics are on, in this order (`gate_report`).
 _REPORT_SUMS = ("examples", "disagreement", "probability_spread", "agreement")
+
+
+class _Statistics:
+    """The statistics variables, held in a plain object so that the layer's tracker skips it."""
+
+    def __init__(self, gate_sums, report_sums):
+        self.gate_sums = gate_sums
+        self.report_sums = report_sums
+
+    @property
+    def variables(self):
+        return [*self.gate_sums, *self.report_sums]
 
 
 @keras.saving.register_keras_serializable(package="adafilter_keras")
@@ -61,8 +73,13 @@ class GateController(keras.layers.Layer):
     (the expected mix of the two branches). This is the "is the learned policy any good?"
     ablation (stochastic fine-tuning); the state is passed through unchanged.
 
-    In training, the controller also accumulates per layer and per filter how often the fine-tuned
-    branch was chosen; `gate_statistics()` reads these and `reset_gate_statistics()` clears them.
+    Gate statistics cost nothing unless asked for. `adafilter_keras.gate_report(model, x)` computes
+    them on demand from a batch or dataset. To follow the gates during training instead, the
+    `GateStatistics` callback calls `start_statistics()`: from then on (once the model re-makes its
+    train function) every training step accumulates, per layer and per filter, how often the
+    fine-tuned branch was chosen, read by `gate_statistics()` and `gate_report()` and cleared by
+    `reset_gate_statistics()`; `stop_statistics()` removes them. They are never saved with the
+    model.
 
     Args:
         filters: List with the number of filters of each gated layer, in controller order.
@@ -81,7 +98,8 @@ class GateController(keras.layers.Layer):
         gradient_scale: Factor (> 0) on the gradient reaching the controller's weights.
         inference: `"expected"` or `"threshold"`, the inference rule of learned gates.
         warmup_steps: Training steps (calls with `training=True` of gated layer 0) during which
-            every learned gate is forced to 1.
+            every learned gate is forced to 1. Only then does the controller keep a step count
+            (the non-trainable weight `training_steps`; otherwise `training_steps` is None).
         normalize_inputs: If True, each pooled input is standardized per channel before its
             projection: over the batch in training, with moving statistics (momentum 0.9) at
             inference. The pooled activations of a pre-trained network share a large common
@@ -149,6 +167,8 @@ class GateController(keras.layers.Layer):
         self.warmup_steps = validation.non_negative_int("warmup_steps", warmup_steps)
         self.normalize_inputs = validation.boolean("normalize_inputs", normalize_inputs)
         self.normalize_gradient = validation.boolean("normalize_gradient", normalize_gradient)
+        self.training_steps = None  # a weight only with a gate warm-up (see `build`)
+        self._statistics = None  # see `start_statistics`
         if self.policy == "random":
             self.projections, self.cell, self.heads, self.normalizations = [], None, [], []
             return
@@ -196,28 +216,11 @@ class GateController(keras.layers.Layer):
             for head in self.heads:
                 head.build((None, self.units))
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="gate_noise_seed")
-        self.gate_sums = [
-            self.add_weight(
-                name=f"gate_sum_{i}", shape=(count,), initializer="zeros", trainable=False
+        # The step count exists only for the gate warm-up, the one thing that reads it.
+        if self.policy == "learned" and self.warmup_steps:
+            self.training_steps = self.add_weight(
+                name="training_steps", shape=(), initializer="zeros", trainable=False
             )
-            for i, count in enumerate(self.filters)
-        ]
-        self.gate_counts = [
-            self.add_weight(name=f"gate_count_{i}", shape=(), initializer="zeros", trainable=False)
-            for i in range(len(self.filters))
-        ]
-        self.report_sums = [
-            self.add_weight(
-                name=f"report_sums_{i}",
-                shape=(len(_REPORT_SUMS),),
-                initializer="zeros",
-                trainable=False,
-            )
-            for i in range(len(self.filters))
-        ]
-        self.training_steps = self.add_weight(
-            name="training_steps", shape=(), initializer="zeros", trainable=False
-        )
 
     def _check_call(self, inputs, index):
         if (
@@ -269,17 +272,18 @@ class GateController(keras.layers.Layer):
                 inference=self.inference,
             )
             probability = gate_probability(logits)
-            if training and self.warmup_steps:
+            if training and self.training_steps is not None:
                 warm = ops.cast(self.training_steps < self.warmup_steps, "float32")
                 gate = gate + warm * ops.stop_gradient(1.0 - gate)
-        if training:
+                if index == 0:
+                    self.training_steps.assign_add(1.0)
+        if training and self._statistics is not None:
             self._accumulate(index, ops.stop_gradient(gate), ops.stop_gradient(probability))
         return gate, hidden, cell_state
 
     def _accumulate(self, index, gate, probability):
         batch = ops.cast(ops.shape(gate)[0], "float32")
-        self.gate_sums[index].assign_add(ops.sum(gate, axis=0))
-        self.gate_counts[index].assign_add(batch)
+        self._statistics.gate_sums[index].assign_add(ops.sum(gate, axis=0))
         decisions = ops.cast(probability > 0.5, "float32")
         thresholded = self.policy == "learned" and self.inference == "threshold"
         inferred = decisions if thresholded else probability
@@ -291,9 +295,7 @@ class GateController(keras.layers.Layer):
         spread = ops.mean(ops.sqrt(ops.mean(centred * centred, axis=0)))
         agreement = 1.0 - ops.mean(ops.abs(gate - inferred))
         batch_sums = ops.stack([ops.ones(()), disagreement, spread, agreement]) * batch
-        self.report_sums[index].assign_add(batch_sums)
-        if index == 0:
-            self.training_steps.assign_add(1.0)
+        self._statistics.report_sums[index].assign_add(batch_sums)
 
     def _random_gate(self, pooled, states, index, training):
         shape = (ops.shape(pooled)[0], self.filters[index])
@@ -320,23 +322,102 @@ class GateController(keras.layers.Layer):
         gate = keras.KerasTensor((batch, self.filters[index]), dtype="float32")
         return gate, state, keras.KerasTensor(state.shape, dtype=state.dtype)
 
+    @property
+    def statistics_enabled(self):
+        """Whether training steps accumulate gate statistics (see `start_statistics`)."""
+        return self._statistics is not None
+
+    @property
+    def statistics_variables(self):
+        """The variables of the gate statistics: empty unless `statistics_enabled`."""
+        return [] if self._statistics is None else self._statistics.variables
+
+    def start_statistics(self):
+        """Makes every later training step accumulate gate statistics, from zero.
+
+        Creates the statistics variables (non-trainable weights of this layer, never saved) or,
+        if they exist, sets them to zero. A model that has already made its train function must
+        make it again to run the accumulation: call `model.make_train_function(force=True)`, or
+        use the `GateStatistics` callback, which does both.
+
+        Raises:
+            ValueError: If the controller is not built yet.
+        """
+        if not self.built:
+            raise ValueError(
+                f"GateController '{self.name}' must be built before its statistics start. "
+                f"Received: built={self.built}"
+            )
+        if self._statistics is not None:
+            self.reset_gate_statistics()
+            return
+        self._tracker.unlock()  # adding state after `build`, as Keras's own `quantize` does
+        try:
+            self._statistics = _Statistics(
+                gate_sums=[
+                    self.add_weight(
+                        name=f"gate_sum_{i}", shape=(count,), initializer="zeros", trainable=False
+                    )
+                    for i, count in enumerate(self.filters)
+                ],
+                report_sums=[
+                    self.add_weight(
+                        name=f"report_sums_{i}",
+                        shape=(len(_REPORT_SUMS),),
+                        initializer="zeros",
+                        trainable=False,
+                    )
+                    for i in range(len(self.filters))
+                ],
+            )
+        finally:
+            self._tracker.lock()
+
+    def stop_statistics(self):
+        """Removes the statistics variables; later training steps accumulate nothing.
+
+        A model that has made its train function with statistics on must make it again (set
+        `model.train_function = None`, or call `model.make_train_function(force=True)`).
+        """
+        if self._statistics is None:
+            return
+        for variable in self._statistics.variables:
+            self._untrack_variable(variable)
+        self._statistics = None
+
+    def _require_statistics(self, method):
+        if self._statistics is None:
+            raise ValueError(
+                f"`{method}()` reads the gate statistics accumulated in training, which are kept "
+                f"only after `start_statistics()` (the `GateStatistics` callback calls it); "
+                "`adafilter_keras.gate_report(model, x)` computes them on demand. Received: "
+                f"statistics_enabled={self.statistics_enabled} on GateController '{self.name}'"
+            )
+
     def gate_statistics(self):
         """Per gated layer, how often each filter used the fine-tuned branch in training.
 
         Returns:
             A list with one NumPy array of shape `(filters[i],)` per gated layer, in controller
-            order: the fraction of training examples, since the last reset, whose gate picked the
-            fine-tuned filter (NaN for a layer that has seen no example).
+            order: the fraction of training examples, since `start_statistics()` or the last
+            reset, whose gate picked the fine-tuned filter (NaN for a layer that has seen no
+            example).
+
+        Raises:
+            ValueError: If statistics are not on (see `start_statistics`).
         """
+        self._require_statistics("gate_statistics")
         rates = []
-        for gate_sum, gate_count in zip(self.gate_sums, self.gate_counts, strict=True):
-            count = float(ops.convert_to_numpy(gate_count))
+        for gate_sum, sums in zip(
+            self._statistics.gate_sums, self._statistics.report_sums, strict=True
+        ):
+            count = float(ops.convert_to_numpy(sums)[0])
             total = ops.convert_to_numpy(gate_sum)
             rates.append(total / count if count else total * float("nan"))
         return rates
 
     def gate_report(self):
-        """Per gated layer, what the gates did in training since the last reset.
+        """Per gated layer, what the gates did in training since statistics started or were reset.
 
         Returns:
             A list with one dict per gated layer, in controller order, with keys
@@ -347,9 +428,17 @@ class GateController(keras.layers.Layer):
             `p = sigmoid(logit)`, averaged over filters), and `train_inference_agreement`
             (`1 - mean |training gate - inference gate|`: 1 when inference gives the gates that
             training sampled). Values are NaN for a layer that has seen no training example.
+            All are computed per training batch, with the training-mode probabilities, and
+            averaged over examples.
+
+        Raises:
+            ValueError: If statistics are not on (see `start_statistics`).
         """
+        self._require_statistics("gate_report")
         reports = []
-        for gate_sum, sums in zip(self.gate_sums, self.report_sums, strict=True):
+        for gate_sum, sums in zip(
+            self._statistics.gate_sums, self._statistics.report_sums, strict=True
+        ):
             examples, disagreement, spread, agreement = ops.convert_to_numpy(sums).tolist()
             scale = 1.0 / examples if examples else float("nan")
             reports.append(
@@ -363,9 +452,38 @@ class GateController(keras.layers.Layer):
         return reports
 
     def reset_gate_statistics(self):
-        """Sets the accumulated gate statistics to zero (not the warm-up step count)."""
-        for variable in (*self.gate_sums, *self.gate_counts, *self.report_sums):
+        """Sets the accumulated gate statistics to zero (not the warm-up step count).
+
+        Raises:
+            ValueError: If statistics are not on (see `start_statistics`).
+        """
+        self._require_statistics("reset_gate_statistics")
+        for variable in self._statistics.variables:
             variable.assign(ops.zeros(variable.shape, variable.dtype))
+
+    def save_own_variables(self, store):
+        # Only the warm-up step count: the statistics are instruments, not model state.
+        if self.training_steps is not None:
+            store["0"] = self.training_steps
+
+    def load_own_variables(self, store):
+        saved = len(store.keys())
+        expected = 0 if self.training_steps is None else 1
+        # Saved before the statistics stopped being weights: gate_sum_i, gate_count_i and
+        # report_sums_i for every gated layer, then training_steps.
+        legacy = 3 * self.num_gated_layers + 1
+        if saved == legacy:
+            step_count = store[str(legacy - 1)]
+        elif saved == expected:
+            step_count = store["0"] if expected else None
+        else:
+            raise ValueError(
+                f"GateController '{self.name}' loads {expected} own variable(s) (the warm-up step "
+                f"count when warmup_steps > 0), or {legacy} from a model saved with gate "
+                f"statistics inside. Received: {saved} variables"
+            )
+        if self.training_steps is not None:
+            self.training_steps.assign(step_count)
 
     def get_config(self):
         config = super().get_config()

@@ -1,5 +1,6 @@
 """Harness callbacks: gate statistics for TensorBoard, and a NaN stop that says what happened."""
 
+import contextlib
 import io
 import math
 
@@ -11,6 +12,12 @@ from adafilter_keras.inspection import find_controller
 
 class GateStatistics(keras.callbacks.Callback):
     """Logs, each epoch, what the gates of every gated layer did in training.
+
+    Training steps keep no gate statistics unless asked: this callback asks, for the `fit` it
+    is passed to. At the start of training it turns the controller's statistics on
+    (`GateController.start_statistics`) and makes the model re-make its train function; at the
+    end it turns them off again. For a one-off measurement, `adafilter_keras.gate_report(model,
+    x)` needs no callback.
 
     Per gated layer and epoch (see `GateController.gate_report`):
 
@@ -49,7 +56,13 @@ class GateStatistics(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._controller = find_controller(self.model)
         self.layer_names = list(self._controller.layer_names)
-        self._controller.reset_gate_statistics()
+        # Under a TensorFlow distribution strategy, the statistics variables are created in its
+        # scope, where the model's variables live.
+        strategy = getattr(self.model, "distribute_strategy", None)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self._controller.start_statistics()
+        _forget_functions(self.model)
+        self.model.make_train_function()  # `fit` has made its own already: one that counts them
         if self.log_dir and self._writer is None:
             import tensorflow as tf
 
@@ -104,9 +117,17 @@ class GateStatistics(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_train_end(self, logs=None):
+        self._controller.stop_statistics()
+        _forget_functions(self.model)  # the next `fit` makes them without the statistics
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _forget_functions(model):
+    # Made with another set of variables: under a JAX distribution their recorded shardings
+    # would no longer match the model's state.
+    model.train_function = model.test_function = model.predict_function = None
 
 
 def controller_gradient_norms(model, controller, probe):
