@@ -245,7 +245,7 @@ class GateController(keras.layers.Layer):
         pooled = ops.stop_gradient(ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1))))
         if self.policy == "random":
             gate, hidden, cell_state = self._random_gate(pooled, states, index, training)
-            probability = ops.full(ops.shape(gate), self._rate_of(index), dtype="float32")
+            logits = None
         else:
             # The sublayers (built in `build`, run in this layer's dtype scope) are run by their
             # `call`: `__call__`'s bookkeeping, repeated for each gated layer, made most of an
@@ -271,13 +271,17 @@ class GateController(keras.layers.Layer):
                 training=training,
                 inference=self.inference,
             )
-            probability = gate_probability(logits)
             if training and self.training_steps is not None:
                 warm = ops.cast(self.training_steps < self.warmup_steps, "float32")
                 gate = gate + warm * ops.stop_gradient(1.0 - gate)
                 if index == 0:
                     self.training_steps.assign_add(1.0)
         if training and self._statistics is not None:
+            # Only here: an eager backend would otherwise compute it in every step for nothing.
+            if logits is None:
+                probability = ops.full(ops.shape(gate), self._rate_of(index), dtype="float32")
+            else:
+                probability = gate_probability(logits)
             self._accumulate(index, ops.stop_gradient(gate), ops.stop_gradient(probability))
         return gate, hidden, cell_state
 

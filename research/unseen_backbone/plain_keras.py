@@ -27,25 +27,30 @@ import numpy as np
 OPTIMIZERS = ("sgd", "adam")
 
 
-def _images(data):
+PIXEL_SCALE = {"unit": 1.0 / 255.0, "raw": 1.0}
+
+
+def _images(data, pixels="unit"):
+    """Images as float32: in [0, 1] (`unit`) or the raw [0, 255] a user may feed (`raw`)."""
     images, labels = data
-    return images.astype("float32") / 255.0, labels
+    return images.astype("float32") * PIXEL_SCALE[pixels], labels
 
 
-def source_backbone(output_dir, width, image_size, epochs):
+def source_backbone(output_dir, width, image_size, epochs, pixels="unit"):
     """The pre-trained backbone, trained once and kept in OUTPUT_DIR (regenerated if absent)."""
     import keras
 
     from adafilter_keras.training.backbones import small_resnet
     from adafilter_keras.transfer.tasks import load_task
 
-    path = pathlib.Path(output_dir) / f"source_w{width}_{image_size}px_e{epochs}.weights.h5"
+    suffix = "" if pixels == "unit" else f"_{pixels}"
+    path = pathlib.Path(output_dir) / f"source_w{width}_{image_size}px_e{epochs}{suffix}.weights.h5"
     backbone = small_resnet((image_size, image_size, 3), width=width)
     if path.exists():
         backbone.load_weights(path)
         return backbone
     keras.utils.set_random_seed(1234)
-    x, y = _images(load_task("digits", image_size).source)
+    x, y = _images(load_task("digits", image_size).source, pixels)
     model = keras.Sequential([backbone, keras.layers.Dense(10)])
     model.compile(
         keras.optimizers.Adam(1e-3),
@@ -75,7 +80,9 @@ def run(args, backbone_weights, variant, overrides, optimizer, seed, matched_rat
 
     task = load_task("digits", args.image_size)
     train, validation = task.sample("few_shot", seed, args.shots)
-    (x, y), (xv, yv), (xt, yt) = _images(train), _images(validation), _images(task.test)
+    (x, y), (xv, yv), (xt, yt) = (
+        _images(data, args.pixels) for data in (train, validation, task.test)
+    )
     keras.utils.set_random_seed(seed)
     backbone = small_resnet((args.image_size,) * 2 + (3,), width=args.width)
     backbone.set_weights(backbone_weights)
@@ -107,7 +114,8 @@ def run(args, backbone_weights, variant, overrides, optimizer, seed, matched_rat
     }
     controller = adafilter_keras.inspection.controller_or_none(model)
     if controller is not None and controller.policy == "learned":
-        record["gate_report"] = controller.gate_report()
+        # The rates the learned gates reached, on the training images.
+        record["gate_report"] = list(adafilter_keras.gate_report(model, x))
     return record
 
 
@@ -155,6 +163,12 @@ def main(argv=None):
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--source-epochs", type=int, default=8)
+    parser.add_argument(
+        "--pixels",
+        choices=tuple(PIXEL_SCALE),
+        default="unit",
+        help="inputs in [0, 1] (unit) or raw [0, 255] for source and target (default unit)",
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     variants = {"finetune": {}}
@@ -168,6 +182,8 @@ def main(argv=None):
     results = args.output_dir / "runs.jsonl"
     setting = {k: getattr(args, k) for k in ("width", "image_size", "shots", "epochs")}
     setting["source_epochs"] = args.source_epochs
+    if args.pixels != "unit":
+        setting["pixels"] = args.pixels
     records = []
     if results.exists():
         records = [json.loads(line) for line in results.read_text().splitlines() if line]
@@ -178,7 +194,7 @@ def main(argv=None):
     }
     if not args.report_only:
         weights = source_backbone(
-            args.output_dir, args.width, args.image_size, args.source_epochs
+            args.output_dir, args.width, args.image_size, args.source_epochs, args.pixels
         ).get_weights()
         for optimizer in args.optimizers:
             for seed in args.seeds:
