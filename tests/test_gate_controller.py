@@ -194,3 +194,22 @@ def test_normalized_inputs_use_moving_statistics_at_inference(rng):
     assert not np.allclose(before[0], after[0], atol=1e-3)
     single = _hidden_states(controller, [x[:1] for x in xs], False)
     np.testing.assert_allclose(single[0], after[0][:1], atol=1e-5)
+
+
+def test_random_gates_can_have_one_rate_per_layer(rng):
+    # The rate-matched stochastic baseline: random gates at the rates learned gates reached.
+    controller = _controller(policy="random", random_rate=[0.2, 0.9])
+    xs = [x.astype("float32") for x in _inputs(rng, batch=4000)]
+    training = _run_chain(controller, xs, training=True)
+    for gate, rate in zip(training, [0.2, 0.9], strict=True):
+        assert set(np.unique(gate)) <= {0.0, 1.0}
+        np.testing.assert_allclose(gate.mean(), rate, atol=0.02)
+    inference = _run_chain(controller, xs, training=False)
+    for gate, rate in zip(inference, [0.2, 0.9], strict=True):
+        np.testing.assert_allclose(gate, rate)
+    clone = GateController.from_config(controller.get_config())
+    assert clone.random_rate == [0.2, 0.9]
+    with pytest.raises(ValueError, match="one rate per gated layer. Received: 3 rates for 2"):
+        _controller(policy="random", random_rate=[0.2, 0.5, 0.9])
+    with pytest.raises(ValueError, match=r"`random_rate\[1\]` must be in \(0, 1\)"):
+        _controller(policy="random", random_rate=[0.2, 1.0])

@@ -227,3 +227,15 @@ def test_weights_saved_with_statistics_on_load_into_a_model_without(rng, tmp_pat
     other.load_weights(tmp_path / "model.weights.h5")
     np.testing.assert_allclose(other.predict(x, verbose=0), model.predict(x, verbose=0))
     assert float(to_numpy(find_controller(other).training_steps)) == 4.0
+
+
+def test_rate_matched_random_gates_draw_at_the_rates_the_learned_gates_reached(rng):
+    x, y = _data(rng, count=64)
+    learned = _compiled()
+    learned.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    rates = [row["fraction_finetuned"] for row in ak.gate_report(learned, x)]
+    matched = _compiled(policy="random", random_rate=rates)
+    report = ak.gate_report(matched, np.concatenate([x] * 50))
+    for row, rate in zip(report, rates, strict=True):
+        np.testing.assert_allclose(row["fraction_finetuned"], rate, atol=0.02)
+        assert row["fraction_finetuned_inference"] == pytest.approx(rate, abs=1e-6)
