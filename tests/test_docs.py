@@ -29,7 +29,8 @@ from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS
 from adafilter_keras.transfer import command as transfer_command
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+API_PAGES = sorted((ROOT / "docs" / "api").glob("*.md"))
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *API_PAGES]
 
 # Programs whose commands are shown but not checked against this library's code.
 UNCHECKED_PROGRAMS = {"pip", "tox", "git", "tensorboard", "cd", "export", "ls", "cat", "."}
@@ -472,3 +473,121 @@ def test_the_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 120, f"README.md has {len(lines)} lines; move detail into docs/"
     assert PYTHON_BLOCKS and any(p.values[0].name == "README.md" for p in PYTHON_BLOCKS)
+
+
+# The API reference: every public name has an entry (`::: adafilter_keras.PATH` in docs/api/*.md).
+_REFERENCE = re.compile(r"^::: (adafilter_keras(?:\.\w+)*)\s*$", re.MULTILINE)
+# Public entry points outside `adafilter_keras.__all__` that the reference must hold too.
+ENTRY_POINTS = ["data.load", "data.LoadedDataset", "TrainConfig"]
+# The layers, each constructor argument of which the reference must describe.
+LAYERS = ["AdaFilterConv2D", "GatedBatchNorm", "GateController"]
+
+
+def _docs_hooks():
+    spec = importlib.util.spec_from_file_location("_docs_hooks", ROOT / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def references(pages):
+    """`{dotted path: page}` of the `::: adafilter_keras...` entries of `pages`."""
+    return {
+        path: page
+        for page in pages
+        for path in _REFERENCE.findall(page.read_text(encoding="utf-8"))
+    }
+
+
+def undocumented(names, pages):
+    """The names (`wrap`, `data.load`) that no entry of `pages` documents."""
+    documented = references(pages)
+    return sorted(
+        name
+        for name in names
+        if not any(
+            path == f"adafilter_keras.{name}" or path.endswith(f".{name.rsplit('.', 1)[-1]}")
+            for path in documented
+        )
+    )
+
+
+def _public_names():
+    import adafilter_keras
+
+    names = set(adafilter_keras.__all__)
+    if hasattr(adafilter_keras, "GateSettings"):  # the gate options' object, once exported
+        names.add("GateSettings")
+    return sorted(names)
+
+
+def test_every_public_name_has_a_reference_entry():
+    missing = undocumented([*_public_names(), *ENTRY_POINTS], API_PAGES)
+    assert not missing, (
+        f"no API reference entry for {missing}: add `::: adafilter_keras.NAME` to a page of "
+        "docs/api/ (and the page to mkdocs.yml's nav)"
+    )
+
+
+def test_the_reference_check_catches_a_missing_name(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# API\n\n::: adafilter_keras.wrap\n\n::: adafilter_keras.data.load\n")
+    assert undocumented(["wrap", "data.load", "gate_report", "data.LoadedDataset"], [page]) == [
+        "data.LoadedDataset",
+        "gate_report",
+    ]
+
+
+def test_every_reference_entry_names_an_object():
+    # mkdocstrings fails the build on an entry it cannot find; this says which, without building.
+    left_out = {ROOT / "docs" / page for page in _docs_hooks().left_out_pages()}
+    for path, page in references(API_PAGES).items():
+        if page in left_out:
+            continue  # written ahead of its object; the build leaves the page out (docs/hooks.py)
+        module_name, target = path, []
+        while module_name:
+            try:
+                obj = importlib.import_module(module_name)
+                break
+            except ModuleNotFoundError:
+                module_name, _, last = module_name.rpartition(".")
+                target.insert(0, last)
+        for name in target:
+            assert hasattr(obj, name), f"{_relative(page)}: `::: {path}` names no object"
+            obj = getattr(obj, name)
+
+
+def test_the_docs_build_leaves_out_a_page_only_while_its_name_is_not_public():
+    import adafilter_keras
+
+    hooks = _docs_hooks()
+    assert hooks.public_names() == set(adafilter_keras.__all__)
+    for page, name in hooks.OPTIONAL_PAGES.items():
+        assert (ROOT / "docs" / page).is_file()
+        assert (page in hooks.left_out_pages()) == (name not in adafilter_keras.__all__)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_every_layer_argument_is_described(name):
+    import inspect
+
+    import adafilter_keras
+
+    layer = getattr(adafilter_keras, name)
+    arguments = [a for a in inspect.signature(layer.__init__).parameters if a != "self"]
+    described = (inspect.getdoc(layer) or "").partition("Args:")[2]
+    missing = [a for a in arguments if not re.search(rf"^\s*\**{a}\b[^:\n]*:", described, re.M)]
+    assert not missing, f"{name}'s docstring (Args:) does not describe {missing}"
+
+
+def test_every_command_is_in_the_command_line_reference():
+    import argparse
+
+    page = (ROOT / "docs" / "api" / "cli.md").read_text(encoding="utf-8")
+    commands = next(
+        action.choices
+        for action in cli.build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    missing = [name for name in commands if f"| `{name}` |" not in page]
+    assert not missing, f"docs/api/cli.md does not list the commands {missing}"
