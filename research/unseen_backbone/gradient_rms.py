@@ -62,14 +62,19 @@ def measure(output_dir, width, image_size, steps, variant):
     return records
 
 
-def main(argv=None):
-    """Measures and prints a table of the median (over layers) RMS per backbone and step."""
+def build_parser():
+    """Returns the argument parser of this script."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=pathlib.Path, required=True)
     parser.add_argument("--backbones", nargs="+", default=["16x16", "32x32"], help="WIDTHxSIZE")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 20, 60])
     parser.add_argument("--variant", default="{}", help="wrap() overrides as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    """Measures and prints a table of the median (over layers) RMS per backbone and step."""
+    args = build_parser().parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     variant = json.loads(args.variant)
     results = {}

@@ -119,20 +119,20 @@ def run(args, backbone_weights, variant, overrides, optimizer, seed, matched_rat
     return record
 
 
-def report(records, variants):
-    """Prints each variant against finetune, paired by (optimizer, seed)."""
+def report(records, variants, baseline="finetune"):
+    """Prints each variant against `baseline`, paired by (optimizer, seed)."""
     by_key = {(r["variant"], r["optimizer"], r["seed"]): r for r in records}
-    print("| optimizer | variant | test % | vs finetune (mean ± 95 %) | worst seed | val vs ft |")
+    print(f"| optimizer | variant | test % | vs {baseline} (mean ± 95 %) | worst seed | val vs |")
     print("|---|---|---|---|---|---|")
     for optimizer in sorted({r["optimizer"] for r in records}):
         for variant in variants:
             pairs = [
-                (by_key[(variant, optimizer, s)], by_key.get(("finetune", optimizer, s)))
+                (by_key[(variant, optimizer, s)], by_key.get((baseline, optimizer, s)))
                 for (v, o, s) in sorted(by_key)
                 if v == variant and o == optimizer
             ]
             pairs = [(a, b) for a, b in pairs if b is not None]
-            if not pairs:
+            if not pairs or variant == baseline:
                 continue
             test = np.array([100 * a["test_accuracy"] for a, _ in pairs])
             diff = np.array([100 * (a["test_accuracy"] - b["test_accuracy"]) for a, b in pairs])
@@ -146,7 +146,8 @@ def report(records, variants):
             )
 
 
-def main(argv=None):
+def build_parser():
+    """Returns the argument parser of this script."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=pathlib.Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -170,6 +171,11 @@ def main(argv=None):
         help="inputs in [0, 1] (unit) or raw [0, 255] for source and target (default unit)",
     )
     parser.add_argument("--report-only", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     variants = {"finetune": {}}
     for item in args.variant:
@@ -232,6 +238,9 @@ def main(argv=None):
         if r["variant"] in variants and r["overrides"] == variants[r["variant"]]:
             latest[(r["variant"], r["optimizer"], r["seed"])] = r
     report(list(latest.values()), [v for v in variants if v != "finetune"])
+    if "random_matched" in variants:
+        print()
+        report(list(latest.values()), [v for v in variants if v != "finetune"], "random_matched")
     return 0
 
 
