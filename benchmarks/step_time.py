@@ -2,7 +2,8 @@
 
 Usage:
     python benchmarks/step_time.py [--image-size 64 224] [--batch-size 8] [--repeats 10]
-                                   [--backbone ResNet50] [--dtype float32|mixed_bfloat16]
+                                   [--backbone ResNet50|SmallResNet]
+                                   [--dtype float32|mixed_bfloat16]
                                    [--backends tensorflow jax torch] [--output FILE]
 
 In one process, for each image size, builds three models on the same backbone (weights=None,
@@ -55,13 +56,19 @@ NUM_CLASSES = 100
 
 
 def build(method, backbone, image_size):
+    """One method's model on `backbone` (a `keras.applications` name or `SmallResNet`)."""
     import keras
 
     import adafilter_keras as ak
 
-    base = getattr(keras.applications, backbone)(
-        weights=None, include_top=False, pooling="avg", input_shape=(image_size, image_size, 3)
-    )
+    if backbone == "SmallResNet":  # the small model: its step is mostly the per-layer extra work
+        from adafilter_keras.training.backbones import small_resnet
+
+        base = small_resnet((image_size, image_size, 3))
+    else:
+        base = getattr(keras.applications, backbone)(
+            weights=None, include_top=False, pooling="avg", input_shape=(image_size, image_size, 3)
+        )
     if method == "feature_extraction":
         base.trainable = False
     inputs = keras.Input((image_size, image_size, 3))
@@ -263,7 +270,12 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--backbone", default="ResNet50")
+    parser.add_argument(
+        "--backbone",
+        default="ResNet50",
+        help="a keras.applications model name, or SmallResNet (width 16; measure it with "
+        "--image-size 32 --batch-size 32) (default ResNet50)",
+    )
     parser.add_argument("--dtype", default="float32", help="Keras dtype policy")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument(
