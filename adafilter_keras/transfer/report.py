@@ -227,7 +227,10 @@ def markdown(records, settings_note=""):
     }
     if learned["test"]:
         columns = sorted({(r["task"], r["regime"]) for r in learned["test"]}, key=_column_order)
-        lines.append("**Learned gates vs random gates** (adafilter − stochastic, points)")
+        lines.append(
+            "**Learned gates vs random gates** (adafilter − stochastic, points: mean paired "
+            "difference ± 95% interval, worst seed)"
+        )
         lines.append("")
         lines.append(
             "| optimizer | split | " + " | ".join(f"{t} {g}" for t, g in columns) + " | mean |"
@@ -238,12 +241,7 @@ def markdown(records, settings_note=""):
             chosen = {
                 (r["task"], r["regime"]): r for r in learned[split] if r["optimizer"] == optimizer
             }
-            parts = [
-                f"{chosen[c]['difference']:+.1f} ± {chosen[c]['interval']:.1f}"
-                if c in chosen
-                else "—"
-                for c in columns
-            ]
+            parts = [format_difference(chosen[c]) if c in chosen else "—" for c in columns]
             mean, interval = overall(list(chosen.values()))
             lines.append(
                 f"| {optimizer} | {split} | "
