@@ -443,13 +443,13 @@ def _add_benchmark(commands):
         "cores. Offline; runs are appended to runs.jsonl as they finish, and the same command "
         "resumes. The accuracy the documentation reports comes from this full run; --quick "
         "checks that the suites run (" + command.describe(command.PRESETS["quick"]) + "; about "
-        "10 minutes) and its numbers are not reported.",
+        "4 minutes) and its numbers are not reported.",
     )
     benchmark.add_argument(
         "--quick",
         action="store_true",
         help="the quick preset, to check that the suites run: task digits, few-shot only, "
-        "seeds 0 1 2 (about 10 min); its numbers are not the reported ones",
+        "seeds 0 1 2 (about 4 min on CPU, 2 cores); its numbers are not the reported ones",
     )
     benchmark.add_argument(
         "--output-dir",

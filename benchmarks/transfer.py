@@ -1,6 +1,6 @@
 """The offline transfer benchmark: AdaFilter against the baselines on data shipped in packages.
 
-    python benchmarks/transfer.py --quick     # checks the suites run (about 10 min, CPU)
+    python benchmarks/transfer.py --quick     # checks the suites run (about 4 min, CPU, 2 cores)
     python benchmarks/transfer.py             # 3 tasks x 2 regimes x 6 methods x 2 optimizers
     python benchmarks/transfer.py --help
 

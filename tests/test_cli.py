@@ -93,7 +93,7 @@ def test_presets_say_what_they_run_and_that_the_reported_numbers_are_the_benchma
     assert (
         "--quick checks that the suites run (task digits; few-shot (10 images per class, 150 "
         "steps, seeds 0 1 2); methods finetune, feature_extraction, l2sp, stochastic, block, "
-        "adafilter; optimizers own, sgd; 36 runs; about 10 minutes) and its numbers are not "
+        "adafilter; optimizers own, sgd; 36 runs; about 4 minutes) and its numbers are not "
         "reported." in benchmark
     )
 
