@@ -218,3 +218,18 @@ def saved_weights(path):
             )
         )
     return values
+
+
+def run_main(capsys, *args):
+    """Runs `adafilter-keras ARGS...` in this process (`cli.main`), like `run_cli` without a
+    process: a result with `returncode`, `stdout` and `stderr`."""
+    import types
+
+    from adafilter_keras import cli
+
+    try:
+        status = cli.main(list(args))
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return types.SimpleNamespace(returncode=status, stdout=out, stderr=err)

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import run_cli, tensorflow_only
+from support import run_main, tensorflow_only
 
 from adafilter_keras import data
 from adafilter_keras.data import preprocessing, registry, splits
@@ -341,17 +341,28 @@ def test_every_pipeline_knows_its_three_channels(normalization):
 
 
 def test_eval_crop_is_central_and_sized():
+    # size / crop_fraction = 20 = the shorter side: no resize, so the crop is exact pixels.
+    tall = (np.arange(30 * 20 * 3).reshape(30, 20, 3) % 251).astype(np.uint8)
+    crop = preprocessing.center_crop(tf.constant(tall), 10, crop_fraction=0.5).numpy()
+    assert crop.shape == (10, 10, 3) and crop.dtype == np.float32
+    np.testing.assert_array_equal(crop, tall[10:20, 5:15])  # rows (30-10)//2, cols (20-10)//2
+    wide = np.ascontiguousarray(tall.transpose(1, 0, 2))  # 20 x 30
+    crop = preprocessing.center_crop(tf.constant(wide), 10, crop_fraction=0.5).numpy()
+    np.testing.assert_array_equal(crop, wide[5:15, 10:20])
+    # Shorter side 20 resized to 10 / 1.0 = 10: the 40 x 20 image becomes 20 x 10, rows 5-14.
     image = tf.reshape(tf.range(40 * 20 * 3, dtype=tf.int32) % 256, (40, 20, 3))
     crop = preprocessing.center_crop(tf.cast(image, tf.uint8), 10, crop_fraction=1.0)
     assert crop.shape == (10, 10, 3)
+    resized = tf.image.resize(tf.cast(image, tf.uint8), (20, 10), antialias=True).numpy()
+    np.testing.assert_array_equal(crop.numpy(), resized[5:15])
 
 
 # --- the `datasets` command ---------------------------------------------------------------
 
 
-def test_datasets_command_lists_status(tmp_path):
+def test_datasets_command_lists_status(tmp_path, capsys):
     write_image_folder(tmp_path / "mit_indoor67", {"train": {"a": 1}, "test": {"a": 1}})
-    result = run_cli("datasets", "--data-dir", str(tmp_path), "--json")
+    result = run_main(capsys, "datasets", "--data-dir", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["mit_indoor67"]["status"].startswith("present")

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import run_cli, run_python
+from support import run_main, run_python
 
 from adafilter_keras.training import processes
 from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS
@@ -125,21 +125,21 @@ def test_processes_share_every_batch_evenly_and_together_see_one_process_batches
     assert np.concatenate([batch[1] for batch in joined])[:10, 0].tolist() == list(range(0, 91, 10))
 
 
-def test_train_offers_only_the_distributions_of_its_backend():
+def test_train_offers_only_the_distributions_of_its_backend(capsys):
     backend = keras.backend.backend()
-    help_text = run_cli("train", "--help").stdout
+    help_text = run_main(capsys, "train", "--help").stdout
     offered = BACKEND_DISTRIBUTIONS[backend]
     choices = help_text.split("--distribution {", 1)[1].split("}", 1)[0].split(",")
     assert choices == ["None", *offered]
     refused = next(
         name for names in BACKEND_DISTRIBUTIONS.values() for name in names if name not in offered
     )
-    result = run_cli("train", "--dataset", "uci_digits", "--distribution", refused)
+    result = run_main(capsys, "train", "--dataset", "uci_digits", "--distribution", refused)
     assert result.returncode == 2 and "invalid choice" in result.stderr
     assert "--coordinator-address" in help_text and "SLURM" in help_text
 
 
-def test_process_flags_without_multi_process_are_refused():
-    result = run_cli("train", "--dataset", "uci_digits", "--num-processes", "2")
+def test_process_flags_without_multi_process_are_refused(capsys):
+    result = run_main(capsys, "train", "--dataset", "uci_digits", "--num-processes", "2")
     assert result.returncode == 2
     assert "--num-processes is for --distribution multi_process" in result.stderr

@@ -1,50 +1,110 @@
-"""The quick start, reduced to tiny epochs and one seed: every artefact and every method."""
+"""The quick start (`adafilter-keras demo`): the benchmark's `demo` preset, reduced to tiny runs."""
 
+import dataclasses
 import io
 import json
+import math
 
-from support import run_cli, tensorflow_only
+import pytest
+from support import run_main, tensorflow_only
 
-from adafilter_keras import quickstart
+from adafilter_keras import cli
+from adafilter_keras.transfer import command, demo, tasks
+from adafilter_keras.transfer.runs import BenchmarkSettings, run_key
 
 pytestmark = tensorflow_only  # orchestration only; the layers are tested on every backend
 
+TINY = BenchmarkSettings(
+    tasks=("digits",),
+    regimes=("few_shot",),
+    methods=("finetune", "adafilter"),
+    optimizers=("own",),
+    seeds=(0, 1),
+    shots=2,
+    image_size=8,
+    width=4,
+    batch_size=8,
+    few_shot_steps=4,
+    source_epochs=1,
+)
 
-def test_reduced_quick_start_writes_every_artefact_and_reuses_them(tmp_path):
+
+def test_demo_preset_is_a_benchmark_preset_whose_runs_are_the_benchmarks():
+    preset, full = command.PRESETS["demo"], command.PRESETS["full"]
+    assert preset.tasks == ("digits",) and preset.regimes == ("few_shot",)
+    assert preset.optimizers == ("own",) and preset.seeds == (0, 1, 2)
+    assert preset.methods == ("finetune", "feature_extraction", "l2sp", "stochastic", "adafilter")
+    assert preset.total_runs() == 15 and set(preset.tasks) <= set(tasks.TASKS)
+    # Same run identity: a demo run is the benchmark's run of that cell and seed.
+    for method in preset.methods:
+        assert run_key(preset, "digits", "few_shot", method, "own", 2) == run_key(
+            full, "digits", "few_shot", method, "own", 2
+        )
+
+
+def test_reduced_demo_prints_paired_intervals_writes_the_reports_and_reuses_its_runs(tmp_path):
     output = tmp_path / "quickstart"
-    options = dict(shots=(3,), seeds=(0,), epochs=2, source_epochs=1, steps_per_epoch=2)
     stream = io.StringIO()
-    result = quickstart.run(output, stream=stream, **options)
+    result = demo.run(output, settings=TINY, stream=stream)
 
     printed = stream.getvalue()
-    assert "[1/5] source model, mnist5k: trained" in printed
-    assert "[5/5] adafilter, 3 shots/class, seed 0:" in printed
-    for method in quickstart.METHODS:
-        assert f"| {method} | " in result.table
-        run_dir = output / "3shots" / method / "seed0"
-        record = json.loads((run_dir / "results.json").read_text())
-        assert record["method"] == method and 0.0 <= record["test_accuracy"] <= 1.0
-        assert record["sizes"]["train"] == 30 and record["config"]["rest_as_test"]
-        assert record["config"]["weights"] == str(output / "source" / "backbone.weights.h5")
-        assert any((run_dir / "logs").rglob("events.out.tfevents.*"))
-    assert result.table in printed and (output / "table.md").read_text().strip() == result.table
+    assert printed.startswith(
+        "Quick start: task digits; few-shot (2 images per class, 4 steps, seeds 0 1); methods "
+        "finetune, adafilter; optimizer own; 4 runs.\n"
+    )
+    assert "source model mnist_8px_w4_e1: training accuracy" in printed
+    assert "[4/4] digits/few_shot/adafilter/own/seed1: validation" in printed
+    assert demo.CLOSING in printed and result.table in printed
+    assert (output / "table.md").read_text().strip() == result.table.strip()
+    # The comparison: adafilter's paired difference, its interval and worst seed, per cell.
+    records = {(r["method"], r["seed"]): 100 * r["test_accuracy"] for r in result.records}
+    differences = [records["adafilter", s] - records["finetune", s] for s in (0, 1)]
+    (row,) = [r for r in result.rows if r["method"] == "adafilter"]
+    assert math.isclose(row["difference"], sum(differences) / 2)
+    assert math.isclose(row["worst"], min(differences))
+    assert math.isclose(row["interval"], 12.706204736 * abs(differences[0] - differences[1]) / 2)
+    assert f"({row['difference']:+.1f} ± {row['interval']:.1f}, worst {row['worst']:+.1f})" in (
+        result.table
+    )
     summary = json.loads((output / "results.json").read_text())
-    assert {row["method"] for row in summary["rows"]} == set(quickstart.METHODS)
-    assert len(summary["runs"]) == 4 and summary["target"]["epochs"] == 2
-    assert result.plot == output / "gates_per_layer.png"
+    assert len(summary["runs"]) == 4 and summary["comparisons"]
+    assert result.plot == output / "differences.png"
     assert result.plot.read_bytes().startswith(b"\x89PNG")
 
     again = io.StringIO()
-    second = quickstart.run(output, stream=again, **options)
-    assert "reusing the source model trained earlier" in again.getvalue()
-    assert again.getvalue().count("done earlier") == 4
+    second = demo.run(output, settings=TINY, stream=again)
+    assert "resuming: 4 of 4 runs already in" in again.getvalue()
+    assert "source model" not in again.getvalue()  # cached
     assert second.rows == result.rows
 
 
-def test_demo_command_refuses_bad_settings_in_one_line(tmp_path):
-    result = run_cli("demo", "--methods", "adafilter", "--output-dir", str(tmp_path))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("adafilter-keras demo: error:")
-    assert "include it" in result.stderr and not (tmp_path / "source").exists()
-    help_text = run_cli("demo", "--help").stdout
-    assert "--shots" in help_text and "--fresh" in help_text and "offline" in help_text.lower()
+def _main(capsys, *argv):
+    result = run_main(capsys, *argv)
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--methods", "adafilter"], "compares every method against `finetune`; include it"),
+        (["--seeds", "-1"], "`--seeds` must be one or more seeds >= 0. Received: [-1]"),
+        (["--shots", "0"], "`--shots` must be >= 1. Received: 0"),
+        (["--source-epochs", "0"], "`--source-epochs` must be >= 1. Received: 0"),
+    ],
+)
+def test_demo_refuses_bad_settings_in_one_line_before_any_work(capsys, tmp_path, flags, message):
+    status, out, err = _main(capsys, "demo", *flags, "--output-dir", str(tmp_path / "out"))
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith("adafilter-keras demo: error: ")
+    assert message in err and not (tmp_path / "out").exists()
+    assert "Quick start:" not in out
+
+
+def test_demo_flags_change_the_preset_and_unknown_methods_are_refused_by_the_parser(capsys):
+    args = cli.build_parser().parse_args(["demo", "--seeds", "4", "5", "--shots", "3"])
+    settings = command.settings_from(args, preset="demo")
+    assert settings == dataclasses.replace(command.PRESETS["demo"], seeds=(4, 5), shots=3)
+    status, _, err = _main(capsys, "demo", "--methods", "magic")
+    assert status == 2 and "argument --methods: invalid choice: 'magic'" in err
+    with pytest.raises(ValueError, match="Methods must be a non-empty list of finetune, "):
+        demo.check(dataclasses.replace(TINY, methods=("finetune", "magic")))

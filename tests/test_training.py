@@ -5,9 +5,9 @@ import re
 import keras
 import numpy as np
 import pytest
-from support import run_cli, run_python, tensorflow_only
+from support import run_main, run_python, tensorflow_only
 
-from adafilter_keras.training import TrainConfig, TrainingDivergedError, compare, train
+from adafilter_keras.training import METHODS, TrainConfig, TrainingDivergedError, compare, train
 from adafilter_keras.training.backbones import WeightsUnavailableError, build_backbone
 from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS, DISTRIBUTIONS
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
@@ -30,9 +30,7 @@ def _config(tmp_path, **overrides):
     return TrainConfig.from_dict({**TINY, "run_dir": str(tmp_path / "run"), **overrides})
 
 
-@pytest.mark.parametrize(
-    "method", ["adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block"]
-)
+@pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_and_writes_its_run_directory(tmp_path, method):
     config = _config(tmp_path, method=method, epochs=1)
     results = train(config, verbose=0)
@@ -197,66 +195,80 @@ def _fake_results(root, dataset, method, seed, accuracy, shots=None):
 
 
 @tensorflow_only
-def test_compare_table_means_stds_and_error_reduction(tmp_path):
-    for seed, (ft, ada) in enumerate([(0.80, 0.84), (0.82, 0.86)]):
+def test_compare_table_means_stds_and_paired_differences(tmp_path):
+    for seed, (ft, ada) in enumerate([(0.80, 0.84), (0.82, 0.83)]):
         _fake_results(tmp_path, "dogs", "finetune", seed, ft)
         _fake_results(tmp_path, "dogs", "adafilter", seed, ada)
     _fake_results(tmp_path, "cars", "adafilter", 0, 0.5)
     rows = compare.summarize(compare.collect([tmp_path]))
     by_key = {(r["dataset"], r["method"]): r for r in rows}
     ada = by_key[("dogs", "adafilter")]
-    assert ada["seeds"] == 2 and ada["test_accuracy_mean"] == pytest.approx(85.0)
-    assert ada["test_accuracy_std"] == pytest.approx(np.std([84, 86], ddof=1))
-    assert ada["error_reduction_vs_finetune"] == pytest.approx(4.0)
-    assert by_key[("cars", "adafilter")]["error_reduction_vs_finetune"] is None
+    assert ada["seeds"] == 2 and ada["test_accuracy_mean"] == pytest.approx(83.5)
+    assert ada["test_accuracy_std"] == pytest.approx(np.std([84, 83], ddof=1))
+    # Paired by seed: +4 and +1 points; mean 2.5, half-width t(0.975, 1) * 1.5 = 19.06.
+    assert ada["difference"] == pytest.approx(2.5) and ada["interval"] == pytest.approx(19.059307)
+    assert (ada["worst"], ada["worst_seed"]) == (pytest.approx(1.0), 1)
+    assert np.isnan(by_key[("cars", "adafilter")]["difference"])
     table = compare.markdown(rows)
-    assert "| dogs | adafilter | 2 | 85.00 ± 1.41 | +4.00 |" in table
+    assert "| dogs | adafilter | 2 | 83.50 ± 0.71 | +2.50 ± 19.06, worst +1.00 |" in table
+    assert "| dogs | finetune | 2 | 81.00 ± 1.41 | — |" in table
     assert "| cars | adafilter | 1 | 50.00 ± 0.00 | — |" in table
     compare.write_csv(rows, tmp_path / "table.csv")
     assert (tmp_path / "table.csv").read_text().startswith("dataset,shots,method,seeds")
 
 
 @tensorflow_only
-def test_compare_keeps_shots_apart(tmp_path):
+def test_compare_keeps_shots_apart_and_refuses_two_runs_of_one_seed(tmp_path):
     _fake_results(tmp_path, "digits", "finetune", 0, 0.60, shots=5)
     _fake_results(tmp_path, "digits", "adafilter", 0, 0.70, shots=5)
     _fake_results(tmp_path, "digits", "finetune", 0, 0.90, shots=20)
     _fake_results(tmp_path, "digits", "adafilter", 0, 0.85, shots=20)
     rows = compare.summarize(compare.collect([tmp_path]))
     by_key = {(r["shots"], r["method"]): r for r in rows}
-    assert by_key[(5, "adafilter")]["error_reduction_vs_finetune"] == pytest.approx(10.0)
-    assert by_key[(20, "adafilter")]["error_reduction_vs_finetune"] == pytest.approx(-5.0)
+    assert by_key[(5, "adafilter")]["difference"] == pytest.approx(10.0)
+    assert by_key[(20, "adafilter")]["difference"] == pytest.approx(-5.0)
     table = compare.markdown(rows)
     assert "| digits | 5 | adafilter | 1 | 70.00 ± 0.00 | +10.00 |" in table
+    _fake_results(tmp_path / "again", "digits", "adafilter", 0, 0.71, shots=5)
+    with pytest.raises(ValueError, match="Two runs of adafilter on digits share seed 0"):
+        compare.summarize(compare.collect([tmp_path]))
 
 
-_cli = run_cli
+def _main(capsys, *argv):
+    result = run_main(capsys, *argv)
+    return result.returncode, result.stdout, result.stderr
 
 
 @tensorflow_only
-def test_cli_train_and_compare(tmp_path):
+def test_cli_train_and_compare(tmp_path, capsys):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TINY, "epochs": 1, "run_dir": str(tmp_path / "runs" / "a")}))
-    result = _cli("train", "--config", str(config), "--method", "finetune", "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "test accuracy" in result.stdout
-    assert json.loads((tmp_path / "runs" / "a" / "config.json").read_text())["method"] == "finetune"
-    table = _cli("compare", str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv"))
-    assert table.returncode == 0 and "| uci_digits | finetune | 1 |" in table.stdout
+    status, out, err = _main(capsys, "train", "--config", str(config), "--method", "finetune",
+                             "--quiet", "--learning-rate", "0.02")  # fmt: skip
+    assert status == 0, err[-3000:]
+    assert "test accuracy" in out and "(best validation epoch 1)" in out
+    written = json.loads((tmp_path / "runs" / "a" / "config.json").read_text())
+    assert written["method"] == "finetune" and written["learning_rate"] == 0.02  # flags win
+    assert written["batch_size"] == TINY["batch_size"]  # the file's value where flags are silent
+    status, out, _ = _main(capsys, "compare", str(tmp_path / "runs"), "--csv",
+                           str(tmp_path / "t.csv"))  # fmt: skip
+    assert status == 0 and "| uci_digits | finetune | 1 |" in out
     assert (tmp_path / "t.csv").is_file()
 
 
 @tensorflow_only
-def test_cli_train_errors_are_one_line(tmp_path):
-    result = _cli("train", "--dataset", "uci_digits", "--method", "magic")
-    assert result.returncode == 2
-    last_line = result.stderr.strip().splitlines()[-1]  # TensorFlow may log lines before it
-    assert last_line.startswith("adafilter-keras train: error:")
-    assert "Received: method='magic'" in result.stderr and "Traceback" not in result.stderr
-    help_text = _cli("train", "--help").stdout
+def test_cli_train_errors_are_one_line(tmp_path, capsys):
+    status, _, err = _main(capsys, "train", "--dataset", "uci_digits", "--method", "magic")
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith("adafilter-keras train: error:")
+    assert "Received: method='magic'" in err and "Traceback" not in err
+    status, _, err = _main(capsys, "train", "--method", "finetune")
+    assert status == 2 and "--dataset is required (or a --config file that sets it)." in err
+    status, help_text, _ = _main(capsys, "train", "--help")
+    assert status == 0
     assert "--learning-rate" in help_text and "--controller-lr-multiplier" in help_text
-    missing = _cli("compare", str(tmp_path / "nothing"))
-    assert missing.returncode == 2 and "No such run directory" in missing.stderr
+    status, _, err = _main(capsys, "compare", str(tmp_path / "nothing"))
+    assert status == 2 and "No such run directory" in err
 
 
 def test_distribution_of_the_current_backend_trains_and_the_other_is_refused(tmp_path):
@@ -303,11 +315,14 @@ def test_defaults_that_depend_on_other_settings_adapt_and_say_so():
     ]
 
 
-# Slow: two CLI processes, each starting TensorFlow (about a minute).
+# Slow: two training runs (about a minute).
 @pytest.mark.slow
 @tensorflow_only
-def test_cli_on_a_class_folder_in_a_log_file_prints_one_line_per_epoch(tmp_path):
+def test_cli_on_a_class_folder_in_a_log_file_prints_one_line_per_epoch(tmp_path, capsys):
     from test_data import write_image_folder
+
+    def _cli(*argv):
+        return run_main(capsys, *argv)
 
     root = write_image_folder(tmp_path, {"photos": {"a": 9, "b": 8}}) / "photos"
     common = ["--dataset", f"folder:{root}", "--backbone", "SmallResNet", "--image-size", "16",

@@ -1,6 +1,5 @@
 """The offline transfer benchmark: tasks, paired statistics, resume and reproducibility."""
 
-import argparse
 import dataclasses
 import io
 import json
@@ -11,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from adafilter_keras import cli
 from adafilter_keras.transfer import command, report, tasks
 from adafilter_keras.transfer.runs import (
     Benchmark,
@@ -72,13 +72,6 @@ def test_mixed_task_is_half_source_domain_half_shifted_per_image():
     assert domain.test_groups is None
 
 
-def test_paired_interval_is_student_t():
-    mean, half = report.paired([1.0, 2.0, 3.0])
-    assert mean == 2.0
-    assert math.isclose(half, 4.302652729911275 * 1.0 / math.sqrt(3), rel_tol=1e-9)
-    assert math.isnan(report.paired([1.0])[1])
-
-
 def _record(method, seed, accuracy, task="digits", regime="few_shot", optimizer="sgd"):
     return dict(
         task=task, regime=regime, optimizer=optimizer, method=method, seed=seed,
@@ -118,8 +111,9 @@ def test_learned_vs_random_is_reported_on_validation_as_well_as_test():
         )
     ]
     table = report.markdown(records)
-    assert "| sgd | test | +10.0 ± 0.0 | +10.00 ± 0.00 |" in table
-    assert "| sgd | validation | +3.0 ± 12.7 | +3.00 ± 12.71 |" in table
+    assert "| sgd | test | +10.0 ± 0.0, worst +10.0 | +10.00 ± 0.00 |" in table
+    # Validation differences +2 and +4: mean 3, half-width t(0.975, 1) * sqrt(2) / sqrt(2).
+    assert "| sgd | validation | +3.0 ± 12.7, worst +2.0 | +3.00 ± 12.71 |" in table
 
 
 def test_targets_fail_on_one_cell_worse_than_its_interval_though_the_mean_is_level():
@@ -230,8 +224,7 @@ def test_mixed_task_records_how_differently_the_gates_treat_its_two_kinds(tmp_pa
 
 
 def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_take():
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
+    parser = cli.command_parser("benchmark")
     varied = command.settings_from(parser.parse_args(["--wrap-settings", '{"initial_rate": 0.7}']))
     default = command.settings_from(parser.parse_args([]))
     explicit = command.settings_from(
@@ -285,8 +278,7 @@ def test_wrap_settings_flag_names_the_gated_runs_and_rejects_what_wrap_does_not_
 def test_source_model_flag_is_part_of_every_run_and_refuses_bad_values(
     flag, attribute, default_value, value, note, refused, message
 ):
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
+    parser = cli.command_parser("benchmark")
     default = command.settings_from(parser.parse_args([]))
     changed = command.settings_from(parser.parse_args([flag, str(value)]))
     assert getattr(default, attribute) == default_value and getattr(changed, attribute) == value
@@ -300,8 +292,7 @@ def test_source_model_flag_is_part_of_every_run_and_refuses_bad_values(
 
 
 def test_larger_regime_is_2000_steps_and_3_seeds_and_epoch_runs_keep_their_keys():
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
+    parser = cli.command_parser("benchmark")
     default = command.settings_from(parser.parse_args([]))
     assert default.large_steps == 2000 and default.large_seeds == (0, 1, 2)
     assert default.total_runs() == 288  # 180 few-shot + 108 larger
@@ -340,8 +331,7 @@ def test_larger_run_trains_for_large_steps_whatever_the_task_size(tmp_path):
 
 
 def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
+    parser = cli.command_parser("benchmark")
     assert "adam" not in command.settings_from(parser.parse_args([])).optimizers
     chosen = command.settings_from(parser.parse_args(["--optimizers", "adam", "sgd"]))
     assert chosen.optimizers == ("adam", "sgd")

@@ -4,10 +4,10 @@ import json
 import shutil
 
 import pytest
-from support import run_cli, tensorflow_only
+from support import run_main, tensorflow_only
 
 from adafilter_keras import cli
-from adafilter_keras.training import TrainConfig, runner
+from adafilter_keras.training import METHODS, TrainConfig, runner
 from adafilter_keras.tuning import SearchSpaceError, load_space, tune
 
 pytestmark = tensorflow_only  # orchestration only; training itself is tested on every backend
@@ -142,18 +142,18 @@ def test_invalid_search_space_file_is_refused_before_any_trial(tmp_path, content
     assert not (tmp_path / "tune").exists()
 
 
-def test_tune_command_errors_are_one_line(tmp_path):
+def test_tune_command_errors_are_one_line(tmp_path, capsys):
     space_file = tmp_path / "space.json"
     space_file.write_text('{"epochs": {"type": "fixed", "value": 3}}')
-    result = run_cli("tune", "--dataset", "uci_digits", "--space", str(space_file),
-                     "--directory", str(tmp_path / "tune"))  # fmt: skip
+    result = run_main(capsys, "tune", "--dataset", "uci_digits", "--space", str(space_file),
+                      "--directory", str(tmp_path / "tune"))  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("adafilter-keras tune: error:")
     assert "'epochs' cannot be searched" in result.stderr
 
 
 def test_every_method_has_a_valid_default_space():
-    for method in ("adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block"):
+    for method in METHODS:
         space = load_space(method)
         assert "learning_rate" in space
         assert ("temperature" in space) == (method in ("adafilter", "block"))

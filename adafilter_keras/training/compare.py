@@ -1,9 +1,10 @@
-"""`compare`: a table of test accuracy per dataset and method, over seeds, from run directories."""
+"""`compare`: test accuracy per dataset and method over seeds, paired with a baseline by seed."""
 
 import csv
 import json
 import pathlib
-import statistics
+
+from adafilter_keras.transfer.statistics import cell_summary, format_difference
 
 
 def collect(paths):
@@ -26,31 +27,46 @@ def shots_of(result):
 
 
 def summarize(results, baseline="finetune"):
-    """One row per (dataset, shots, method): seeds, mean and std of test accuracy, error reduction.
+    """One row per (dataset, shots, method): test accuracy over seeds, paired with `baseline`.
 
-    The error reduction is `mean error(baseline) - mean error(method)` in percentage points of
-    top-1 error (positive: the method makes fewer errors than the baseline), None where the
-    dataset (at that number of shots) has no baseline run.
+    Each run is paired with the baseline's run of the same dataset, shots and seed
+    (`transfer.statistics`, as in the benchmark and the quick start): `difference` is the mean
+    paired difference in points of test accuracy (positive: the method makes fewer top-1 errors
+    than the baseline), `interval` its 95% half-width (NaN with one paired seed), `worst` the
+    worst seed's difference; all NaN where no seed has a baseline run.
+
+    Raises:
+        ValueError: Two runs of one (dataset, shots, method) share a seed, or runs of one dataset
+            were tested on different splits of its folder.
     """
     _check_one_split_per_dataset(results)
     groups = {}
     for result in results:
         key = (result["dataset"], shots_of(result) or 0, result["method"])
-        groups.setdefault(key, []).append(100.0 * result["test_accuracy"])
+        seeds = groups.setdefault(key, {})
+        seed = result.get("seed")
+        if seed in seeds:
+            raise ValueError(
+                f"Two runs of {key[2]} on {key[0]} share seed {seed}, so they cannot be paired "
+                f"with {baseline}'s run of that seed. Compare the run directories of one "
+                f"experiment at a time. Received: {result.get('run_dir', '?')}"
+            )
+        seeds[seed] = 100.0 * result["test_accuracy"]
     rows = []
-    for (dataset, shots, method), accuracies in sorted(groups.items()):
-        base = groups.get((dataset, shots, baseline))
+    for (dataset, shots, method), values in sorted(groups.items()):
+        summary = cell_summary(values, groups.get((dataset, shots, baseline), {}))
         rows.append(
             {
                 "dataset": dataset,
                 "shots": shots or None,
                 "method": method,
-                "seeds": len(accuracies),
-                "test_accuracy_mean": statistics.fmean(accuracies),
-                "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                "error_reduction_vs_" + baseline: (
-                    statistics.fmean(accuracies) - statistics.fmean(base) if base else None
-                ),
+                "seeds": summary["seeds"],
+                "test_accuracy_mean": summary["accuracy"],
+                "test_accuracy_std": summary["std"],
+                "difference": summary["difference"],
+                "interval": summary["interval"],
+                "worst": summary["worst"],
+                "worst_seed": summary["worst_seed"],
             }
         )
     return rows
@@ -78,20 +94,19 @@ def _check_one_split_per_dataset(results):
 
 def markdown(rows, baseline="finetune"):
     """Renders `summarize` rows as a Markdown table."""
-    key = "error_reduction_vs_" + baseline
     with_shots = any(row["shots"] for row in rows)
     shots_header = " shots/class |" if with_shots else ""
     lines = [
         f"| dataset |{shots_header} method | seeds | test accuracy % (mean ± std) "
-        f"| error reduction vs {baseline} (points) |",
+        f"| paired difference vs {baseline} (points, ± 95% interval, worst seed) |",
         "|---|---|---|---|---|" + ("---|" if with_shots else ""),
     ]
     for row in rows:
-        reduction = "—" if row[key] is None else f"{row[key]:+.2f}"
         shots = f" {row['shots'] or 'all'} |" if with_shots else ""
+        difference = "—" if row["method"] == baseline else format_difference(row, digits=2)
         lines.append(
             f"| {row['dataset']} |{shots} {row['method']} | {row['seeds']} | "
-            f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_std']:.2f} | {reduction} |"
+            f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_std']:.2f} | {difference} |"
         )
     return "\n".join(lines)
 

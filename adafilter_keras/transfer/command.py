@@ -1,4 +1,7 @@
-"""`adafilter-keras benchmark` (and `python benchmarks/transfer.py`): presets, flags, running."""
+"""`adafilter-keras benchmark` and `demo`: the presets, settings from flags, running, reporting.
+
+The flags themselves are declared in `adafilter_keras.cli`.
+"""
 
 import dataclasses
 import json
@@ -6,107 +9,50 @@ import pathlib
 import time
 
 from adafilter_keras.transfer import report
-from adafilter_keras.transfer.runs import (
-    EXTRA_OPTIMIZERS,
-    METHODS,
-    OPTIMIZERS,
-    Benchmark,
-    BenchmarkSettings,
-)
-from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
+from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings
 from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 from adafilter_keras.wrapping.wrap import check_gate_settings
 
 # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers, 5 seeds few-shot and 3 in the
 # larger regime (288 runs). A larger-regime run is 2,000 steps on every task (4 epochs would be
-# 312-752); 3 larger seeds keep the whole benchmark near 2 hours on 2 CPU cores, 5 would not.
+# 312-752); 3 larger seeds keep the whole benchmark near 2 hours on CPU, 2 cores; 5 would not.
 _FULL = BenchmarkSettings(large_steps=2000, large_seeds=(0, 1, 2))
 PRESETS = {
     "full": _FULL,
-    # For iterating: one task, few-shot, 3 seeds (about 10 minutes on 2 CPU cores).
+    # Checks that the benchmark's suites run: one task, few-shot, 3 seeds, every method under
+    # both optimizers (36 runs, measured 3 min 54 s on CPU, 2 cores, source model included).
     "quick": dataclasses.replace(_FULL, tasks=("digits",), regimes=("few_shot",), seeds=(0, 1, 2)),
+    # The quick start (`adafilter-keras demo`): the digits task few-shot, five methods (random
+    # gates too, for learned vs random) under their own recipe, 3 seeds (15 runs and the source
+    # model, under 5 minutes on CPU, 2 cores).
+    "demo": dataclasses.replace(
+        _FULL,
+        tasks=("digits",),
+        regimes=("few_shot",),
+        methods=("finetune", "feature_extraction", "l2sp", "stochastic", "adafilter"),
+        optimizers=("own",),
+        seeds=(0, 1, 2),
+    ),
 }
 
 
-def add_arguments(parser):
-    """The benchmark's flags, on `parser`."""
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="the quick preset: task digits, few-shot only, seeds 0 1 2 (about 10 min)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        default="runs/benchmark",
-        help="where runs.jsonl, the cached source models, results.json, table.md and "
-        "differences.png go; a second run with the same settings resumes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--tasks",
-        nargs="+",
-        choices=TASKS + EXTRA_TASKS,
-        help=f"default: {' '.join(TASKS)}; also mixed (half the target images in the source's "
-        "domain, half shifted: for investigating per-example gates)",
-    )
-    parser.add_argument(
-        "--regimes", nargs="+", choices=REGIMES, help=f"default: {' '.join(REGIMES)}"
-    )
-    parser.add_argument(
-        "--methods", nargs="+", choices=METHODS, help=f"default: {' '.join(METHODS)}"
-    )
-    parser.add_argument(
-        "--optimizers",
-        nargs="+",
-        choices=OPTIMIZERS + EXTRA_OPTIMIZERS,
-        help="own: each method's harness recipe; sgd: one plain SGD(0.01, momentum 0.9) for all "
-        f"(default: {' '.join(OPTIMIZERS)}); also adam: keras.optimizers.Adam() with its "
-        "defaults, for investigations",
-    )
-    parser.add_argument("--seeds", nargs="+", type=int, help="few-shot seeds (default: 0 1 2 3 4)")
-    parser.add_argument(
-        "--large-seeds",
-        nargs="+",
-        type=int,
-        help="seeds of the larger regime (default: 0 1 2; the investigations' directories of "
-        "4-epoch runs have 0 1 2 3 4)",
-    )
-    parser.add_argument("--shots", type=int, help="few-shot images per class (default: 10)")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        help="image side in pixels, for the source models (pre-trained anew at that size) and "
-        "the targets (default: 16; at 32 a run costs about 2-3 times as much)",
-    )
-    parser.add_argument(
-        "--source-epochs",
-        type=int,
-        help="epochs of source pre-training (default: 6); the source models are pre-trained "
-        "anew for another value, and it is part of every run's identity",
-    )
-    parser.add_argument(
-        "--large-epochs",
-        type=int,
-        help="epochs of a larger-regime run instead of --large-steps (4 epochs are 312-752 "
-        "steps on the three tasks; `--large-epochs 4 --large-seeds 0 1 2 3 4` names the "
-        "committed 4-epoch runs); part of every larger run's identity",
-    )
-    parser.add_argument(
-        "--large-steps",
-        type=int,
-        help="training steps of a larger-regime run, the same for every task (default: 2000); "
-        "part of every larger run's identity",
-    )
-    parser.add_argument(
-        "--wrap-settings",
-        metavar="JSON",
-        help="wrap() settings for the gated methods instead of its defaults, as a JSON object, "
-        "e.g. '{\"initial_rate\": 0.85}'; part of each gated run's identity, so runs under other "
-        f"settings are kept apart (keys: {', '.join(WRAP_DEFAULTS)})",
-    )
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="write the table and figure from the runs done so far, run nothing",
+def describe(settings):
+    """What `settings` runs, in one sentence (for `--help` and the docs)."""
+    regimes = []
+    if "few_shot" in settings.regimes:
+        regimes.append(
+            f"few-shot ({settings.shots} images per class, {settings.few_shot_steps} steps, "
+            f"seeds {' '.join(map(str, settings.seeds))})"
+        )
+    if "large" in settings.regimes:
+        regimes.append(
+            f"larger ({_large_length(settings)}, seeds {' '.join(map(str, settings.large_seeds))})"
+        )
+    return (
+        f"task{'s' if len(settings.tasks) > 1 else ''} {', '.join(settings.tasks)}; "
+        f"{' and '.join(regimes)}; methods {', '.join(settings.methods)}; optimizer"
+        f"{'s' if len(settings.optimizers) > 1 else ''} {', '.join(settings.optimizers)}; "
+        f"{settings.total_runs()} runs"
     )
 
 
@@ -126,14 +72,23 @@ _FLAG_SETTINGS = (
 )
 
 
-def settings_from(args):
-    """The `BenchmarkSettings` the flags ask for."""
-    settings = PRESETS["quick" if args.quick else "full"]
+def settings_from(args, preset=None):
+    """The `BenchmarkSettings` the flags ask for, starting from `preset` (a `PRESETS` name).
+
+    Without `preset`: `quick` when `args.quick` is set, else `full`.
+    """
+    settings = PRESETS[preset or ("quick" if getattr(args, "quick", False) else "full")]
     overrides = {
         name: tuple(value) if isinstance(value, list) else value
         for name in _FLAG_SETTINGS
         if (value := getattr(args, name, None)) is not None
     }
+    for name in ("seeds", "large_seeds"):
+        if name in overrides and (not overrides[name] or any(seed < 0 for seed in overrides[name])):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"`{flag}` must be one or more seeds >= 0. Received: {list(overrides[name])}"
+            )
     if "shots" in overrides and overrides["shots"] < 1:
         raise ValueError(f"`--shots` must be >= 1. Received: {overrides['shots']}")
     if "image_size" in overrides and overrides["image_size"] < 8:
@@ -187,12 +142,21 @@ def _large_length(settings):
 
 def note(settings):
     """What the table was run with, in words, for under the table."""
+    regimes = []
+    if "few_shot" in settings.regimes:
+        regimes.append(
+            f"few-shot: {settings.shots} images per class, {settings.few_shot_steps} steps, "
+            f"seeds {list(settings.seeds)}"
+        )
+    if "large" in settings.regimes:
+        regimes.append(
+            f"larger: up to 300 images per class, {_large_length(settings)}, seeds "
+            f"{list(settings.large_seeds)}"
+        )
     return (
         f"Settings: SmallResNet (width {settings.width}) pre-trained on the source at "
         f"{settings.image_size} px for {settings.source_epochs} epochs; batch "
-        f"{settings.batch_size}; few-shot: {settings.shots} images per class, "
-        f"{settings.few_shot_steps} steps, seeds {list(settings.seeds)}; larger: up to 300 "
-        f"images per class, {_large_length(settings)}, seeds {list(settings.large_seeds)}; "
+        f"{settings.batch_size}; {'; '.join(regimes)}; "
         "20 validation images per class; accuracy after the last step (no selection on test)."
         + (
             f" Gated methods with wrap() settings {json.dumps(settings.variant)} instead of "

@@ -6,24 +6,9 @@ import json
 import math
 import statistics
 
+from adafilter_keras.transfer.statistics import cell_summary, format_difference, overall
+
 BASELINE = "finetune"
-
-
-def t_quantile(count):
-    """The two-sided 95% quantile of Student's t with `count - 1` degrees of freedom."""
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, count - 1))
-
-
-def paired(differences):
-    """Mean and 95% half-width (Student's t) of paired differences; half-width NaN for n < 2."""
-    mean = statistics.fmean(differences)
-    if len(differences) < 2:
-        return mean, math.nan
-    return mean, t_quantile(len(differences)) * statistics.stdev(differences) / math.sqrt(
-        len(differences)
-    )
 
 
 def compare(records, metric="test_accuracy", baseline=BASELINE):
@@ -34,8 +19,9 @@ def compare(records, metric="test_accuracy", baseline=BASELINE):
     points of accuracy (positive: the method is better).
 
     Returns:
-        A list of dicts with `task, regime, optimizer, method, seeds, accuracy` (mean %),
-        `difference` (mean paired difference) and `interval` (95% half-width).
+        A list of dicts with `task, regime, optimizer, method` and the fields of
+        `statistics.cell_summary`: `seeds`, `accuracy` (mean %), `std`, `difference` (mean paired
+        difference), `interval` (95% half-width), `worst` and `worst_seed`.
     """
     by_cell = collections.defaultdict(dict)
     for record in records:
@@ -44,19 +30,8 @@ def compare(records, metric="test_accuracy", baseline=BASELINE):
     rows = []
     for (task, regime, optimizer, method), values in by_cell.items():
         base = by_cell.get((task, regime, optimizer, baseline), {})
-        seeds = sorted(set(values) & set(base))
-        row = {
-            "task": task,
-            "regime": regime,
-            "optimizer": optimizer,
-            "method": method,
-            "seeds": len(values),
-            "accuracy": statistics.fmean(values.values()),
-            "difference": math.nan,
-            "interval": math.nan,
-        }
-        if seeds:
-            row["difference"], row["interval"] = paired([values[s] - base[s] for s in seeds])
+        row = {"task": task, "regime": regime, "optimizer": optimizer, "method": method}
+        row.update(cell_summary(values, base))
         rows.append(row)
     return rows
 
@@ -74,21 +49,6 @@ def pair_methods(records, method, other, metric="test_accuracy"):
         for row in compare(renamed, metric)
         if row["method"] == method and not math.isnan(row["difference"])
     ]
-
-
-def overall(rows):
-    """The mean over cells of the mean differences, with a 95% half-width.
-
-    Cells are independent: the half-width is the square root of the summed squared half-widths
-    over the number of cells.
-    """
-    usable = [row for row in rows if not math.isnan(row["difference"])]
-    if not usable:
-        return math.nan, math.nan
-    mean = statistics.fmean(row["difference"] for row in usable)
-    if any(math.isnan(row["interval"]) for row in usable):
-        return mean, math.nan
-    return mean, math.sqrt(sum(row["interval"] ** 2 for row in usable)) / len(usable)
 
 
 def gate_summary(records, method="adafilter"):
@@ -228,10 +188,9 @@ def _targets_markdown(verdicts):
 
 
 def _cell(row):
-    if math.isnan(row["difference"]):
+    if math.isnan(row["difference"]) or row["method"] == BASELINE:
         return f"{row['accuracy']:.1f}"
-    interval = "" if math.isnan(row["interval"]) else f" ± {row['interval']:.1f}"
-    return f"{row['accuracy']:.1f} ({row['difference']:+.1f}{interval})"
+    return f"{row['accuracy']:.1f} ({format_difference(row)})"
 
 
 def markdown(records, settings_note=""):
@@ -246,7 +205,8 @@ def markdown(records, settings_note=""):
             methods = _method_order({r["method"] for r in chosen})
             lines.append(
                 f"**{title} accuracy %, optimizer `{optimizer}`**: mean over seeds (paired "
-                f"difference vs {BASELINE} ± 95% interval, points)"
+                f"difference vs {BASELINE} ± 95% interval, and the worst seed's difference, "
+                "points)"
             )
             lines.append("")
             header = " | ".join(
@@ -267,7 +227,10 @@ def markdown(records, settings_note=""):
     }
     if learned["test"]:
         columns = sorted({(r["task"], r["regime"]) for r in learned["test"]}, key=_column_order)
-        lines.append("**Learned gates vs random gates** (adafilter − stochastic, points)")
+        lines.append(
+            "**Learned gates vs random gates** (adafilter − stochastic, points: mean paired "
+            "difference ± 95% interval, worst seed)"
+        )
         lines.append("")
         lines.append(
             "| optimizer | split | " + " | ".join(f"{t} {g}" for t, g in columns) + " | mean |"
@@ -278,12 +241,7 @@ def markdown(records, settings_note=""):
             chosen = {
                 (r["task"], r["regime"]): r for r in learned[split] if r["optimizer"] == optimizer
             }
-            parts = [
-                f"{chosen[c]['difference']:+.1f} ± {chosen[c]['interval']:.1f}"
-                if c in chosen
-                else "—"
-                for c in columns
-            ]
+            parts = [format_difference(chosen[c]) if c in chosen else "—" for c in columns]
             mean, interval = overall(list(chosen.values()))
             lines.append(
                 f"| {optimizer} | {split} | "
@@ -330,7 +288,7 @@ def _column_order(column):
 
 
 def _method_order(methods):
-    from adafilter_keras.transfer.runs import METHODS
+    from adafilter_keras.training.config import METHODS
 
     return sorted(methods, key=lambda m: METHODS.index(m) if m in METHODS else 99)
 

@@ -21,12 +21,12 @@ import numpy as np
 
 from adafilter_keras.inspection import controller_or_none, gate_model
 from adafilter_keras.training.backbones import small_resnet
+from adafilter_keras.training.config import METHODS
 from adafilter_keras.training.methods import HEAD, apply_method
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
 from adafilter_keras.transfer import tasks as task_data
 from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
-METHODS = ("finetune", "feature_extraction", "l2sp", "stochastic", "block", "adafilter")
 # "own": each method under the harness's recipe for it (TrainConfig defaults: cosine schedule with
 # warm-up, head at 10x the rate, weight decay; L2-SP's penalty instead of decay).
 # "sgd": one plain keras.optimizers.SGD(0.01, momentum=0.9) for every method, as a user would

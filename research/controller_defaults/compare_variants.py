@@ -41,7 +41,7 @@ def build_parser():
 def main(argv=None):
     """Prints the paired comparison."""
     args = build_parser().parse_args(argv)
-    from adafilter_keras.transfer import report
+    from adafilter_keras.transfer import report, statistics
     from adafilter_keras.transfer.command import wrap_settings
     from adafilter_keras.wrapping.wrap import DEFAULTS
 
@@ -83,7 +83,7 @@ def main(argv=None):
         rows = [r for r in report.compare(records, metric) if r["method"] == "adafilter"]
         for optimizer in sorted({r["optimizer"] for r in rows}):
             chosen = [r for r in rows if r["optimizer"] == optimizer]
-            mean, interval = report.overall(chosen)
+            mean, interval = statistics.overall(chosen)
             cells = ", ".join(
                 f"{r['task']} {r['regime']} {r['difference']:+.1f} ± {r['interval']:.1f}"
                 for r in chosen

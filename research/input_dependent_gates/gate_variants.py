@@ -70,7 +70,7 @@ def build_parser():
 def main(argv=None):
     """Runs the variants and prints the table."""
     args = build_parser().parse_args(argv)
-    from adafilter_keras.transfer import Benchmark, BenchmarkSettings, report
+    from adafilter_keras.transfer import Benchmark, BenchmarkSettings, statistics
 
     print("| variant | adafilter − finetune (val / test) | adafilter − stochastic (val / test) "
           "| fine-tuned | disagreement | spread | group gap |")  # fmt: skip
@@ -90,7 +90,7 @@ def main(argv=None):
         }
 
         def paired(method, split, other, runs=runs):
-            return report.paired(
+            return statistics.mean_interval(
                 [100 * (runs[method, s][split] - runs[other, s][split]) for s in args.seeds]
             )
 
