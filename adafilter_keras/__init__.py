@@ -15,13 +15,14 @@ from adafilter_keras.inspection import (  # noqa: E402
     gate_report,
     gated_layers,
 )
-from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm  # noqa: E402
+from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm, GateSettings  # noqa: E402
 from adafilter_keras.version import __version__  # noqa: E402
 from adafilter_keras.wrapping import wrap  # noqa: E402
 
 __all__ = [
     "AdaFilterConv2D",
     "GateController",
+    "GateSettings",
     "GatedBatchNorm",
     "__version__",
     "count_parameters",

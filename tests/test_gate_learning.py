@@ -52,6 +52,8 @@ def test_learned_gates_separate_inputs_that_need_different_filters(rng):
 
 
 def _controller(**kwargs):
+    # The layer's neutral settings, not wrap()'s defaults: gradient and inputs as they are.
+    kwargs = {"gradient_scale": 1.0, "normalize_inputs": False, **kwargs}
     return GateController(filters=[FILTERS], input_channels=[2], units=8, seed=0, **kwargs)
 
 
