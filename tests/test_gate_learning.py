@@ -164,7 +164,7 @@ def _head_bias_gradients(model, x, y):
 
 
 def _wrapped_small_resnet(width, **settings):
-    from adafilter_keras.training.backbones import small_resnet
+    from adafilter_keras.backbones.models import small_resnet
 
     keras.utils.set_random_seed(0)
     backbone = small_resnet((16, 16, 3), width=width)

@@ -5,9 +5,9 @@ import pathlib
 import re
 
 from adafilter_keras import validation
+from adafilter_keras.backbones.models import SMALL, check_backbone
 from adafilter_keras.layers.settings import DEFAULTS as GATE_DEFAULTS
 from adafilter_keras.layers.settings import GateSettings
-from adafilter_keras.training.backbones import SMALL, check_backbone
 
 METHODS = ("adafilter", "finetune", "feature_extraction", "l2sp", "stochastic", "block")
 SCHEDULES = ("cosine", "step")

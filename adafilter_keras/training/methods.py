@@ -4,8 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from adafilter_keras.backbones.models import build_backbone
 from adafilter_keras.layers.settings import DEFAULTS as GATE_DEFAULTS
-from adafilter_keras.training.backbones import build_backbone
 from adafilter_keras.training.config import GATE_FIELDS
 from adafilter_keras.wrapping import wrap
 

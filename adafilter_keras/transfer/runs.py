@@ -19,9 +19,9 @@ import time
 import keras
 import numpy as np
 
+from adafilter_keras.backbones.models import small_resnet
 from adafilter_keras.inspection import controller_or_none, gate_model
 from adafilter_keras.layers.settings import DEFAULTS as GATE_DEFAULTS
-from adafilter_keras.training.backbones import small_resnet
 from adafilter_keras.training.methods import HEAD, apply_method
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
 from adafilter_keras.transfer import tasks as task_data
