@@ -6,8 +6,10 @@ Learn, per example and per filter, whether to use a pre-trained filter or a fine
 
 from adafilter_keras import console as _console
 
-# Before Keras (and TensorFlow) are first imported: keep their start-up lines off the screen.
-_console.import_backend_quietly()
+# Only the `adafilter-keras` command keeps TensorFlow's start-up lines off the screen (before Keras
+# is first imported, the one moment it can); a program importing the library keeps its stderr.
+if _console.started_as_command():
+    _console.import_backend_quietly()
 
 from adafilter_keras.inspection import (  # noqa: E402
     count_parameters,
@@ -15,13 +17,14 @@ from adafilter_keras.inspection import (  # noqa: E402
     gate_report,
     gated_layers,
 )
-from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm  # noqa: E402
+from adafilter_keras.layers import AdaFilterConv2D, GateController, GatedBatchNorm, GateSettings  # noqa: E402
 from adafilter_keras.version import __version__  # noqa: E402
 from adafilter_keras.wrapping import wrap  # noqa: E402
 
 __all__ = [
     "AdaFilterConv2D",
     "GateController",
+    "GateSettings",
     "GatedBatchNorm",
     "__version__",
     "count_parameters",

@@ -427,7 +427,7 @@ def _add_benchmark(commands):
     from adafilter_keras.transfer import command
     from adafilter_keras.transfer.runs import EXTRA_OPTIMIZERS, OPTIMIZERS
     from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
-    from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
+    from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS
 
     benchmark = commands.add_parser(
         "benchmark",

@@ -27,6 +27,26 @@ def verbose_requested(argv=None):
     return VERBOSE_FLAG in argv or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+COMMAND = "adafilter-keras"
+_COMMAND_MODULE = "adafilter_keras.cli"
+
+
+def started_as_command(argv=None):
+    """Whether this process is the `adafilter-keras` command (or `python -m adafilter_keras.cli`).
+
+    Read from the interpreter's own command line (`sys.orig_argv`), which is set before any
+    import: the package's `__init__` asks it, and only the command quiets TensorFlow's start-up
+    lines. A program that imports `adafilter_keras` keeps its stderr as it is.
+    """
+    argv = list(getattr(sys, "orig_argv", sys.argv) if argv is None else argv)
+    if any(os.path.basename(arg).split(".")[0] == COMMAND for arg in argv[:2]):
+        return True
+    return any(
+        flag == "-m" and module == _COMMAND_MODULE
+        for flag, module in zip(argv, argv[1:], strict=False)
+    )
+
+
 def import_backend_quietly():
     """Imports Keras (and so its backend) with TensorFlow's start-up lines filtered.
 

@@ -62,7 +62,7 @@ def build(method, backbone, image_size):
     import adafilter_keras as ak
 
     if backbone == "SmallResNet":  # the small model: its step is mostly the per-layer extra work
-        from adafilter_keras.training.backbones import small_resnet
+        from adafilter_keras.backbones.models import small_resnet
 
         base = small_resnet((image_size, image_size, 3))
     else:

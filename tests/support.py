@@ -31,6 +31,8 @@ def build_small_cnn(input_shape=(16, 16, 3), num_classes=3, seed=0, pretrained_b
         input_channels=[spec[1] for spec in SMALL_CNN_LAYERS],
         units=16,
         seed=seed,
+        gradient_scale=1.0,
+        normalize_inputs=False,
         name="controller",
     )
     state = None

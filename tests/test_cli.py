@@ -55,12 +55,46 @@ def test_tensorflow_start_up_lines_are_caught_and_its_errors_shown(capfd):
         os.write(2, b"ImportError: numpy.core.multiarray failed to import\n")
     err = capfd.readouterr().err
     assert "an error line" in err and "info line" not in err and "ImportError" in err
-    fresh = run_python("import adafilter_keras; print('imported')")
-    assert fresh.returncode == 0 and fresh.stdout.strip() == "imported"
+    # The command imports the library, and so TensorFlow, with the start-up lines caught.
+    fresh = run_cli("--version")
+    assert fresh.returncode == 0 and fresh.stdout.startswith("adafilter-keras ")
     assert "absl::InitializeLog" not in fresh.stderr
     assert not [
         line for line in fresh.stderr.splitlines() if line[:1] in "IW" and line[1:5] == "0000"
     ]
+
+
+def test_importing_the_library_leaves_stderr_alone():
+    # Only the command line quiets TensorFlow: a program that imports the library keeps file
+    # descriptor 2 and sys.stderr as they were (TensorFlow's own lines pass unfiltered), and
+    # sees what it writes there afterwards.
+    result = run_python(
+        """
+        import os, sys
+
+        redirections = []
+        dup2 = os.dup2
+        os.dup2 = lambda fd, fd2, *args: (redirections.append(fd2), dup2(fd, fd2, *args))[1]
+        before, stream = os.fstat(2), sys.stderr
+        assert "keras" not in sys.modules
+        import adafilter_keras
+        assert "keras" in sys.modules
+        after = os.fstat(2)
+        assert 2 not in redirections, redirections
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+        assert sys.stderr is stream
+        os.write(2, b"written to fd 2 after the import\\n")
+        print("written to sys.stderr after the import", file=sys.stderr)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "written to fd 2 after the import" in result.stderr
+    assert "written to sys.stderr after the import" in result.stderr
+    from adafilter_keras import console
+
+    assert not console.started_as_command(["python", "-c", "import adafilter_keras"])
+    assert console.started_as_command(["/venv/bin/python", "/venv/bin/adafilter-keras", "train"])
+    assert console.started_as_command(["python", "-m", "adafilter_keras.cli", "--version"])
 
 
 def test_every_command_takes_verbose():

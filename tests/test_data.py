@@ -7,6 +7,7 @@ import tensorflow as tf
 from support import run_main, tensorflow_only
 
 from adafilter_keras import data
+from adafilter_keras.backbones.normalization import normalize
 from adafilter_keras.data import preprocessing, registry, splits
 from adafilter_keras.data.sources import folder as folder_source
 from adafilter_keras.data.sources import tfds as tfds_source
@@ -311,12 +312,12 @@ def test_caffe_and_tf_normalizations_match_keras_applications():
     images = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
     expected = keras.applications.resnet.preprocess_input(images.copy())
     np.testing.assert_allclose(
-        preprocessing.normalize(images, "caffe").numpy(), keras.ops.convert_to_numpy(expected),
+        normalize(images, "caffe").numpy(), keras.ops.convert_to_numpy(expected),
         rtol=1e-6, atol=1e-4,
     )  # fmt: skip
     expected_v2 = keras.applications.resnet_v2.preprocess_input(images.copy())
     np.testing.assert_allclose(
-        preprocessing.normalize(images, "tf").numpy(), keras.ops.convert_to_numpy(expected_v2),
+        normalize(images, "tf").numpy(), keras.ops.convert_to_numpy(expected_v2),
         rtol=1e-6, atol=1e-6,
     )  # fmt: skip
 

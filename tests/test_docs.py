@@ -23,8 +23,8 @@ import shlex
 import pytest
 
 from adafilter_keras import cli
+from adafilter_keras.backbones import hub
 from adafilter_keras.data import registry
-from adafilter_keras.training import hub
 from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS
 from adafilter_keras.transfer import command as transfer_command
 

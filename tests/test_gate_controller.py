@@ -8,7 +8,16 @@ from adafilter_keras.layers.gate_sampling import sample_gates
 
 
 def _controller(**kwargs):
-    kwargs = {"filters": [4, 6], "input_channels": [3, 4], "units": 8, "seed": 3, **kwargs}
+    # The layer's neutral settings, not wrap()'s defaults: gradient and inputs as they are.
+    kwargs = {
+        "filters": [4, 6],
+        "input_channels": [3, 4],
+        "units": 8,
+        "seed": 3,
+        "gradient_scale": 1.0,
+        "normalize_inputs": False,
+        **kwargs,
+    }
     return GateController(**kwargs)
 
 

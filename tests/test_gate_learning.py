@@ -52,6 +52,8 @@ def test_learned_gates_separate_inputs_that_need_different_filters(rng):
 
 
 def _controller(**kwargs):
+    # The layer's neutral settings, not wrap()'s defaults: gradient and inputs as they are.
+    kwargs = {"gradient_scale": 1.0, "normalize_inputs": False, **kwargs}
     return GateController(filters=[FILTERS], input_channels=[2], units=8, seed=0, **kwargs)
 
 
@@ -162,7 +164,7 @@ def _head_bias_gradients(model, x, y):
 
 
 def _wrapped_small_resnet(width, **settings):
-    from adafilter_keras.training.backbones import small_resnet
+    from adafilter_keras.backbones.models import small_resnet
 
     keras.utils.set_random_seed(0)
     backbone = small_resnet((16, 16, 3), width=width)

@@ -13,6 +13,7 @@ def _bn_reference(x, mean, variance, gamma, beta):
 
 
 def _layer_with_distinct_branches(rng, filters=4, **kwargs):
+    kwargs = {"pretrained_branch": "frozen", **kwargs}
     layer = GatedBatchNorm(epsilon=EPSILON, **kwargs)
     layer.build([(None, 5, 5, filters), (None, 5, 5, filters), (None, filters)])
     for variable in layer.weights:

@@ -16,8 +16,9 @@ from support import randomize_batch_norms, relative_difference, tensorflow_only
 
 import adafilter_keras as ak
 from adafilter_keras import data
-from adafilter_keras.training import TrainConfig, hub, train
-from adafilter_keras.training.backbones import WeightsUnavailableError, build_backbone
+from adafilter_keras.backbones import hub
+from adafilter_keras.backbones.models import WeightsUnavailableError, build_backbone
+from adafilter_keras.training import TrainConfig, train
 from adafilter_keras.training.methods import build_model
 
 SIZE = 32

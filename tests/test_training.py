@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from support import run_main, run_python, tensorflow_only
 
+from adafilter_keras.backbones.models import WeightsUnavailableError, build_backbone
 from adafilter_keras.training import METHODS, TrainConfig, TrainingDivergedError, compare, train
-from adafilter_keras.training.backbones import WeightsUnavailableError, build_backbone
 from adafilter_keras.training.config import BACKEND_DISTRIBUTIONS, DISTRIBUTIONS
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
 

@@ -12,6 +12,7 @@ import pytest
 
 from adafilter_keras import cli
 from adafilter_keras.transfer import command, report, tasks
+from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS
 from adafilter_keras.transfer.runs import (
     Benchmark,
     BenchmarkSettings,
@@ -20,7 +21,6 @@ from adafilter_keras.transfer.runs import (
     own_recipe,
     run_key,
 )
-from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="the benchmark resizes images with TensorFlow"

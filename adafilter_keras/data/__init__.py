@@ -1,7 +1,7 @@
 """Datasets: from a registry name to train / validation / test `tf.data` pipelines."""
 
+from adafilter_keras.backbones.normalization import normalization_for
 from adafilter_keras.data.loading import LoadedDataset, load
-from adafilter_keras.data.preprocessing import normalization_for
 from adafilter_keras.data.registry import REGISTRY, DatasetSpec, DatasetUnavailableError
 
 __all__ = [

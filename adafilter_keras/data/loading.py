@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from adafilter_keras import validation
+from adafilter_keras.backbones import normalization as input_normalization
 from adafilter_keras.data import preprocessing, registry, splits
 from adafilter_keras.data.sources import bundled, folder
 from adafilter_keras.data.sources import tfds as tfds_source
@@ -84,7 +85,7 @@ def load(
         shots_per_class: Optional number of training examples kept per class.
         normalization: The backbone's input normalization: `"caffe"` (ResNet, VGG), `"tf"`
             (ResNet V2, MobileNet), `"torch"` (DenseNet) or `"raw"` (EfficientNet, ConvNeXt);
-            `preprocessing.normalization_for(backbone_name)` picks it from a model name.
+            `input_normalization.normalization_for(backbone_name)` picks it from a model name.
         download: Whether a TFDS dataset that is not prepared may be downloaded.
         cache: `"auto"` (cache what fits in memory), True or False.
         rest_as_test: With `shots_per_class`, also test on the training examples that were
@@ -109,7 +110,7 @@ def load(
     batch_size = validation.positive_int("batch_size", batch_size)
     if shots_per_class is not None:
         shots_per_class = validation.positive_int("shots_per_class", shots_per_class)
-    validation.one_of("normalization", normalization, preprocessing.NORMALIZATIONS)
+    validation.one_of("normalization", normalization, input_normalization.NORMALIZATIONS)
     validation.one_of("cache", cache, ("auto", True, False))
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(
@@ -208,7 +209,7 @@ def _training_pipeline(split, indices, spec, *, image_size, batch_size, normaliz
             flip=spec.flip,
             seed=draw,
         )
-        return preprocessing.normalize(image, normalization), label
+        return input_normalization.normalize(image, normalization), label
 
     dataset = tf.data.Dataset.zip(dataset, draws).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -231,7 +232,7 @@ def _eval_pipeline(parts, spec, *, image_size, batch_size, normalization, cache)
     if cache is True or (cache == "auto" and count * image_size**2 * 3 <= CACHE_LIMIT_BYTES):
         dataset = dataset.cache()
     dataset = dataset.map(
-        lambda image, label: (preprocessing.normalize(image, normalization), label),
+        lambda image, label: (input_normalization.normalize(image, normalization), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -6,15 +6,16 @@ import keras
 from keras import ops
 
 from adafilter_keras import validation
+from adafilter_keras.layers import settings as gate_settings
 from adafilter_keras.layers.gate_sampling import (
-    INFERENCE_RULES,
     gate_probability,
     normalize_gradient,
     sample_gates,
     scale_gradient,
 )
 
-POLICIES = ("learned", "random")
+POLICIES = gate_settings.POLICIES
+_DEFAULTS = gate_settings.DEFAULTS
 
 # Per-layer running sums kept in training while statistics are on, in this order (`gate_report`).
 _REPORT_SUMS = ("examples", "disagreement", "probability_spread", "agreement")
@@ -81,6 +82,11 @@ class GateController(keras.layers.Layer):
     `reset_gate_statistics()`; `stop_statistics()` removes them. They are never saved with the
     model.
 
+    Every gate argument defaults to `wrap()`'s value, read from `GateSettings` (`units` is its
+    `controller_units`, `warmup_steps` its `gate_warmup_steps`, `normalize_inputs` and
+    `normalize_gradient` its `normalize_controller_inputs` and `normalize_controller_gradient`),
+    and is checked by the same rule, so a model assembled by hand gets the gates `wrap()` builds.
+
     Args:
         filters: List with the number of filters of each gated layer, in controller order.
         input_channels: List with the number of input channels of each gated layer.
@@ -118,18 +124,18 @@ class GateController(keras.layers.Layer):
         self,
         filters,
         input_channels,
-        units=64,
-        temperature=1.0,
+        units=_DEFAULTS.controller_units,
+        temperature=_DEFAULTS.temperature,
         seed=None,
         layer_names=None,
-        policy="learned",
-        random_rate=0.5,
-        initial_rate=0.5,
-        gradient_scale=1.0,
-        inference="expected",
-        warmup_steps=0,
-        normalize_inputs=False,
-        normalize_gradient=False,
+        policy=_DEFAULTS.policy,
+        random_rate=_DEFAULTS.random_rate,
+        initial_rate=_DEFAULTS.initial_rate,
+        gradient_scale=_DEFAULTS.gradient_scale,
+        inference=_DEFAULTS.inference,
+        warmup_steps=_DEFAULTS.gate_warmup_steps,
+        normalize_inputs=_DEFAULTS.normalize_controller_inputs,
+        normalize_gradient=_DEFAULTS.normalize_controller_gradient,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -141,8 +147,9 @@ class GateController(keras.layers.Layer):
                 f"Received: len(filters)={len(self.filters)}, "
                 f"len(input_channels)={len(self.input_channels)}"
             )
-        self.units = validation.positive_int("units", units)
-        self.temperature = validation.positive_float("temperature", temperature)
+        check = gate_settings.check
+        self.units = check("controller_units", units, name="units")
+        self.temperature = check("temperature", temperature)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
         self.seed = seed
@@ -154,19 +161,23 @@ class GateController(keras.layers.Layer):
                 f"Received: layer_names={layer_names!r} for {len(self.filters)} gated layers"
             )
         self.layer_names = [str(name) for name in layer_names]
-        self.policy = validation.one_of("policy", policy, POLICIES)
-        self.random_rate = validation.rates("random_rate", random_rate)
+        self.policy = check("policy", policy)
+        self.random_rate = check("random_rate", random_rate)
         if isinstance(self.random_rate, list) and len(self.random_rate) != len(self.filters):
             raise ValueError(
                 "`random_rate` must be one rate, or a list of one rate per gated layer. "
                 f"Received: {len(self.random_rate)} rates for {len(self.filters)} gated layers"
             )
-        self.initial_rate = validation.rate("initial_rate", initial_rate)
-        self.gradient_scale = validation.positive_float("gradient_scale", gradient_scale)
-        self.inference = validation.one_of("inference", inference, INFERENCE_RULES)
-        self.warmup_steps = validation.non_negative_int("warmup_steps", warmup_steps)
-        self.normalize_inputs = validation.boolean("normalize_inputs", normalize_inputs)
-        self.normalize_gradient = validation.boolean("normalize_gradient", normalize_gradient)
+        self.initial_rate = check("initial_rate", initial_rate)
+        self.gradient_scale = check("gradient_scale", gradient_scale)
+        self.inference = check("inference", inference)
+        self.warmup_steps = check("gate_warmup_steps", warmup_steps, name="warmup_steps")
+        self.normalize_inputs = check(
+            "normalize_controller_inputs", normalize_inputs, name="normalize_inputs"
+        )
+        self.normalize_gradient = check(
+            "normalize_controller_gradient", normalize_gradient, name="normalize_gradient"
+        )
         self.training_steps = None  # a weight only with a gate warm-up (see `build`)
         self._statistics = None  # see `start_statistics`
         if self.policy == "random":

@@ -4,10 +4,11 @@ import keras
 from keras import backend, initializers, ops, regularizers
 
 from adafilter_keras import validation
+from adafilter_keras.layers import settings as gate_settings
 from adafilter_keras.layers.branches import check_gate, mix_normalized
 from adafilter_keras.layers.copying import assign_copy
 
-PRETRAINED_BRANCH_MODES = ("frozen", "adapt")
+PRETRAINED_BRANCH_MODES = gate_settings.PRETRAINED_BRANCH_MODES
 
 # Weight names, in creation order, of each branch's normalization.
 _STATISTICS = ("moving_mean", "moving_variance")
@@ -29,9 +30,10 @@ class GatedBatchNorm(keras.layers.Layer):
     gamma and beta, batch statistics in training and moving statistics updated from them. The
     pre-trained branch's depends on `pretrained_branch`:
 
-    * `"frozen"` (default): gamma and beta are not trainable and the stored moving statistics are
-      used in training and inference alike, never updated.
-    * `"adapt"`: it trains and updates its statistics like the fine-tuned branch.
+    * `"adapt"` (default, as in `wrap()`; `GateSettings.pretrained_bn`): it trains and updates
+      its statistics like the fine-tuned branch.
+    * `"frozen"`: gamma and beta are not trainable and the stored moving statistics are used in
+      training and inference alike, never updated (an ablation).
 
     As with `BatchNormalization`, a layer with `trainable=False` runs both branches in inference
     mode.
@@ -63,7 +65,7 @@ class GatedBatchNorm(keras.layers.Layer):
         moving_variance_initializer="ones",
         beta_regularizer=None,
         gamma_regularizer=None,
-        pretrained_branch="frozen",
+        pretrained_branch=gate_settings.DEFAULTS.pretrained_bn,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,8 +82,8 @@ class GatedBatchNorm(keras.layers.Layer):
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         self.beta_regularizer = regularizers.get(beta_regularizer)
         self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.pretrained_branch = validation.one_of(
-            "pretrained_branch", pretrained_branch, PRETRAINED_BRANCH_MODES
+        self.pretrained_branch = gate_settings.check(
+            "pretrained_bn", pretrained_branch, name="pretrained_branch"
         )
         self.supports_masking = False
 

@@ -5,9 +5,9 @@ import pathlib
 import re
 
 from adafilter_keras import validation
-from adafilter_keras.layers.gate_sampling import INFERENCE_RULES
-from adafilter_keras.training.backbones import SMALL, check_backbone
-from adafilter_keras.wrapping.wrap import DEFAULTS as GATE_DEFAULTS
+from adafilter_keras.backbones.models import SMALL, check_backbone
+from adafilter_keras.layers.settings import DEFAULTS as GATE_DEFAULTS
+from adafilter_keras.layers.settings import GateSettings
 
 # Every method the harness, the benchmark and the quick start know, baseline first (the order of
 # every table); defined here only, and imported wherever methods are listed.
@@ -23,9 +23,27 @@ BACKEND_DISTRIBUTIONS = {
 DISTRIBUTIONS = (None, "mirrored", "multi_worker", "data_parallel", "multi_process")
 
 
+# The TrainConfig fields that are GateSettings fields of the same name. `random_rate` is the
+# `stochastic` method's; the policy and granularity follow from `method`.
+GATE_FIELDS = (
+    "controller_units",
+    "temperature",
+    "pretrained_bn",
+    "random_rate",
+    "initial_rate",
+    "gradient_scale",
+    "inference",
+    "gate_warmup_steps",
+    "normalize_controller_inputs",
+)
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """The settings of one training run. Every field has a command-line flag of the same name.
+
+    The gate fields (`GATE_FIELDS`) are `GateSettings` fields under the same names: their defaults
+    are `GateSettings()`'s and they are checked by its rules.
 
     Attributes:
         dataset: Registry name (`adafilter-keras datasets`) or `folder:/path`.
@@ -64,7 +82,7 @@ class TrainConfig:
         label_smoothing: Label smoothing of the cross-entropy.
         controller_units: Width of the gate controller.
         temperature: Gate temperature.
-        pretrained_bn: `frozen` or `adapt`: the pre-trained branch of every gated BN.
+        pretrained_bn: `adapt` or `frozen`: the pre-trained branch of every gated BN.
         initial_rate: Initial probability of a fine-tuned gate (`wrap(initial_rate=...)`).
         gradient_scale: Factor on the controller's gradient (`wrap(gradient_scale=...)`).
         inference: `expected` or `threshold`: the inference rule of learned gates.
@@ -108,15 +126,15 @@ class TrainConfig:
     step_epochs: list | None = None
     step_factor: float = 0.1
     label_smoothing: float = 0.0
-    controller_units: int = 64
-    temperature: float = GATE_DEFAULTS["temperature"]
-    pretrained_bn: str = GATE_DEFAULTS["pretrained_bn"]
-    initial_rate: float = GATE_DEFAULTS["initial_rate"]
-    gradient_scale: float = GATE_DEFAULTS["gradient_scale"]
-    inference: str = GATE_DEFAULTS["inference"]
-    gate_warmup_steps: int = GATE_DEFAULTS["gate_warmup_steps"]
-    normalize_controller_inputs: bool = GATE_DEFAULTS["normalize_controller_inputs"]
-    random_rate: float = GATE_DEFAULTS["initial_rate"]
+    controller_units: int = GATE_DEFAULTS.controller_units
+    temperature: float = GATE_DEFAULTS.temperature
+    pretrained_bn: str = GATE_DEFAULTS.pretrained_bn
+    initial_rate: float = GATE_DEFAULTS.initial_rate
+    gradient_scale: float = GATE_DEFAULTS.gradient_scale
+    inference: str = GATE_DEFAULTS.inference
+    gate_warmup_steps: int = GATE_DEFAULTS.gate_warmup_steps
+    normalize_controller_inputs: bool = GATE_DEFAULTS.normalize_controller_inputs
+    random_rate: float = GATE_DEFAULTS.random_rate
     l2sp_alpha: float = 0.01
     l2sp_beta: float = 0.01
     mixed_precision: str | None = None
@@ -146,22 +164,19 @@ class TrainConfig:
         validation.one_of("schedule", self.schedule, SCHEDULES)
         validation.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         validation.one_of("distribution", self.distribution, DISTRIBUTIONS)
-        validation.one_of("pretrained_bn", self.pretrained_bn, ("frozen", "adapt"))
-        validation.one_of("inference", self.inference, INFERENCE_RULES)
+        # The gate settings are checked by their one rule (`GateSettings`).
+        GateSettings(**{name: getattr(self, name) for name in GATE_FIELDS})
         validation.one_of("jit_compile", self.jit_compile, ("auto", True, False))
         validation.one_of("cache", self.cache, ("auto", True, False))
         validation.one_of("rest_as_test", self.rest_as_test, (True, False))
-        validation.one_of(
-            "normalize_controller_inputs", self.normalize_controller_inputs, (True, False)
-        )
         if self.rest_as_test and self.shots_per_class is None:
             raise ValueError(
                 "`rest_as_test` tests on the training examples not chosen as shots, so it needs "
                 "`shots_per_class`. Received: shots_per_class=None"
             )
-        for name in ("image_size", "batch_size", "epochs", "controller_units"):
+        for name in ("image_size", "batch_size", "epochs"):
             validation.positive_int(name, getattr(self, name))
-        for name in ("learning_rate", "temperature", "step_factor", "gradient_scale"):
+        for name in ("learning_rate", "step_factor"):
             validation.positive_float(name, getattr(self, name))
         for name in ("head_lr_multiplier", "controller_lr_multiplier", "weight_decay",
                      "l2sp_alpha", "l2sp_beta", "label_smoothing", "momentum"):  # fmt: skip
@@ -179,9 +194,6 @@ class TrainConfig:
                 "`momentum` and `label_smoothing` must be < 1. "
                 f"Received: momentum={self.momentum!r}, label_smoothing={self.label_smoothing!r}"
             )
-        for name in ("random_rate", "initial_rate"):
-            validation.rate(name, getattr(self, name))
-        validation.non_negative_int("gate_warmup_steps", self.gate_warmup_steps)
         if self.warmup_epochs is None:
             if self.epochs == 1:
                 self.notes.append("warmup_epochs: 0 (a one-epoch run has no room for warm-up)")

@@ -4,9 +4,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from adafilter_keras.training.backbones import build_backbone
+from adafilter_keras.backbones.models import build_backbone
+from adafilter_keras.layers.settings import DEFAULTS as GATE_DEFAULTS
+from adafilter_keras.training.config import GATE_FIELDS
 from adafilter_keras.wrapping import wrap
-from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 HEAD = "head"
 
@@ -52,22 +53,8 @@ def build_model(config, num_classes):
         seed=config.seed,
         l2sp_alpha=config.l2sp_alpha,
         l2sp_beta=config.l2sp_beta,
-        random_rate=config.random_rate,
-        controller_units=config.controller_units,
-        **{name: getattr(config, name) for name in GATE_SETTINGS},
+        **{name: getattr(config, name) for name in GATE_FIELDS},
     )
-
-
-# TrainConfig fields passed to wrap() as they are, for the gated methods.
-GATE_SETTINGS = (
-    "temperature",
-    "pretrained_bn",
-    "initial_rate",
-    "gradient_scale",
-    "inference",
-    "gate_warmup_steps",
-    "normalize_controller_inputs",
-)
 
 
 def apply_method(
@@ -79,7 +66,6 @@ def apply_method(
     l2sp_alpha=0.01,
     l2sp_beta=0.01,
     random_rate=None,
-    controller_units=64,
     **gate_settings,
 ):
     """Turns `model` (`backbone` with a new `Dense` head named `head`) into `method`'s model.
@@ -91,7 +77,7 @@ def apply_method(
     starting rate (`initial_rate`), so that it is the ablation of the learned policy alone.
     """
     if random_rate is None:
-        random_rate = gate_settings.get("initial_rate", WRAP_DEFAULTS["initial_rate"])
+        random_rate = gate_settings.get("initial_rate", GATE_DEFAULTS.initial_rate)
     if method == "feature_extraction":
         backbone.trainable = False
     elif method == "l2sp":
@@ -99,7 +85,6 @@ def apply_method(
     elif method in ("adafilter", "stochastic", "block"):
         model = wrap(
             model,
-            controller_units=controller_units,
             seed=seed,
             policy="random" if method == "stochastic" else "learned",
             random_rate=random_rate,

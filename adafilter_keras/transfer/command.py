@@ -8,10 +8,10 @@ import json
 import pathlib
 import time
 
+from adafilter_keras.layers.settings import check_values as check_gate_settings
 from adafilter_keras.transfer import report
+from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS
 from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings
-from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
-from adafilter_keras.wrapping.wrap import check_gate_settings
 
 # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers, 5 seeds few-shot and 3 in the
 # larger regime (288 runs). A larger-regime run is 2,000 steps on every task (4 epochs would be

@@ -19,13 +19,13 @@ import time
 import keras
 import numpy as np
 
+from adafilter_keras.backbones.models import small_resnet
 from adafilter_keras.inspection import controller_or_none, gate_model
-from adafilter_keras.training.backbones import small_resnet
+from adafilter_keras.layers.settings import DEFAULTS as GATE_DEFAULTS
 from adafilter_keras.training.config import METHODS
 from adafilter_keras.training.methods import HEAD, apply_method
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
 from adafilter_keras.transfer import tasks as task_data
-from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS
 
 # "own": each method under the harness's recipe for it (TrainConfig defaults: cosine schedule with
 # warm-up, head at 10x the rate, weight decay; L2-SP's penalty instead of decay).
@@ -172,13 +172,30 @@ def default_optimizer(cell):
     return own_recipe(cell.steps, cell.method)
 
 
+# The gate settings a benchmark variant may change (`--wrap-settings`), with their defaults
+# (`GateSettings`): every run key of a gated method records their resolved values. The others
+# follow from the method (policy, granularity, random_rate) or the harness (controller_units).
+VARIANT_SETTINGS = {
+    name: getattr(GATE_DEFAULTS, name)
+    for name in (
+        "temperature",
+        "pretrained_bn",
+        "initial_rate",
+        "gradient_scale",
+        "inference",
+        "gate_warmup_steps",
+        "normalize_controller_inputs",
+        "normalize_controller_gradient",
+    )
+}
+
 # Settings added to wrap() after runs were recorded, with the value that reproduces those runs:
 # left out of a run's key while they hold it, so the recorded runs keep their keys.
 _LATER_SETTINGS = {"normalize_controller_gradient": False}
 
 
 def _variant_key(variant):
-    resolved = {**WRAP_DEFAULTS, **variant}
+    resolved = {**VARIANT_SETTINGS, **variant}
     return {
         name: value
         for name, value in resolved.items()

@@ -16,6 +16,7 @@ import dataclasses
 import math
 
 from adafilter_keras import validation
+from adafilter_keras.layers.settings import PRETRAINED_BRANCH_MODES
 from adafilter_keras.training.config import TrainConfig
 
 KINDS = ("float", "int", "choice", "fixed")
@@ -46,7 +47,7 @@ _GATED = {
     "controller_lr_multiplier": {"type": "float", "min": 1.0, "max": 100.0, "sampling": "log"},
     "temperature": {"type": "float", "min": 0.3, "max": 3.0, "sampling": "log"},
     "controller_units": {"type": "choice", "values": [32, 64, 128]},
-    "pretrained_bn": {"type": "choice", "values": ["frozen", "adapt"]},
+    "pretrained_bn": {"type": "choice", "values": list(PRETRAINED_BRANCH_MODES)},
 }
 DEFAULT_SPACES = {
     "finetune": _COMMON,

@@ -43,7 +43,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from adafilter_keras.transfer import report, statistics
     from adafilter_keras.transfer.command import wrap_settings
-    from adafilter_keras.wrapping.wrap import DEFAULTS
+    from adafilter_keras.transfer.runs import VARIANT_SETTINGS as DEFAULTS
 
     def resolved(text):
         return {**DEFAULTS, **wrap_settings(text)}

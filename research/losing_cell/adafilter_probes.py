@@ -69,8 +69,8 @@ from adafilter_keras.inspection import controller_or_none  # noqa: E402
 from adafilter_keras.layers import gate_controller, gate_sampling  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
 from adafilter_keras.transfer.report import overall, pair_methods  # noqa: E402
+from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS  # noqa: E402
 from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
-from adafilter_keras.wrapping.wrap import DEFAULTS as WRAP_DEFAULTS  # noqa: E402
 
 
 def expected(logits, *, temperature, seed, training, inference="expected"):

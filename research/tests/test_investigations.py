@@ -250,7 +250,7 @@ def test_probe_scales_the_finetuned_kernels_gradient_and_nothing_else():
 )
 def test_ungated_probes_leave_exactly_their_convolutions_ungated(probe, ungated):
     import adafilter_keras as ak
-    from adafilter_keras.training.backbones import small_resnet
+    from adafilter_keras.backbones.models import small_resnet
 
     script = _script("adafilter_probes")
     backbone = small_resnet((16, 16, 3), width=4)

@@ -28,8 +28,8 @@ def measure(output_dir, width, image_size, steps, variant):
     import tensorflow as tf
 
     import adafilter_keras
+    from adafilter_keras.backbones.models import small_resnet
     from adafilter_keras.inspection import find_controller
-    from adafilter_keras.training.backbones import small_resnet
     from adafilter_keras.transfer.tasks import load_task
 
     weights = plain_keras.source_backbone(output_dir, width, image_size, 8).get_weights()

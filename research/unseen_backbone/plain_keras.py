@@ -40,7 +40,7 @@ def source_backbone(output_dir, width, image_size, epochs, pixels="unit"):
     """The pre-trained backbone, trained once and kept in OUTPUT_DIR (regenerated if absent)."""
     import keras
 
-    from adafilter_keras.training.backbones import small_resnet
+    from adafilter_keras.backbones.models import small_resnet
     from adafilter_keras.transfer.tasks import load_task
 
     suffix = "" if pixels == "unit" else f"_{pixels}"
@@ -75,7 +75,7 @@ def run(args, backbone_weights, variant, overrides, optimizer, seed, matched_rat
     import keras
 
     import adafilter_keras
-    from adafilter_keras.training.backbones import small_resnet
+    from adafilter_keras.backbones.models import small_resnet
     from adafilter_keras.transfer.tasks import load_task
 
     task = load_task("digits", args.image_size)

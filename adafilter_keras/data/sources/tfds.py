@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from adafilter_keras.data import network
+from adafilter_keras import network
 from adafilter_keras.data.registry import DatasetUnavailableError
 from adafilter_keras.data.sources.base import SourceData, SplitData
 

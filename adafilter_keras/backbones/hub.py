@@ -14,8 +14,8 @@ import warnings
 
 import keras
 
-from adafilter_keras.data import network
-from adafilter_keras.training.backbones import WeightsUnavailableError
+from adafilter_keras import network
+from adafilter_keras.backbones.errors import WeightsUnavailableError
 
 PRESET_EXAMPLE = "resnet_50_imagenet"
 INSTALL_HINT = 'pip install "adafilter_keras[hub]"'

@@ -9,6 +9,9 @@ import pathlib
 
 import keras
 
+from adafilter_keras.backbones import hub
+from adafilter_keras.backbones.errors import WeightsUnavailableError
+
 # keras.applications models the harness accepts, and a small one for tests and the CPU quick start.
 APPLICATIONS = (
     "ResNet50",
@@ -24,10 +27,6 @@ SMALL = "SmallResNet"
 BACKBONES = (*APPLICATIONS, SMALL)
 
 
-class WeightsUnavailableError(ValueError):
-    """Pre-trained weights could not be loaded (absent, no network, or not this backbone's)."""
-
-
 def keras_cache_dir():
     """Where `keras.applications` caches downloaded weights: `$KERAS_HOME/models`."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
@@ -40,8 +39,6 @@ def check_backbone(name):
     Looks at the name only (no download, no import of `keras_hub`): a preset name or directory
     needs `keras_hub` installed; whether the preset exists is checked when it is built.
     """
-    from adafilter_keras.training import hub  # hub imports this module
-
     if name in BACKBONES:
         return name
     if hub.is_preset(name):
@@ -72,8 +69,6 @@ def build_backbone(name, weights, input_shape):
         ValueError: Unknown backbone name, or a preset without keras_hub installed.
         WeightsUnavailableError: The weights cannot be loaded; the message says how to fix it.
     """
-    from adafilter_keras.training import hub
-
     check_backbone(name)
     if weights not in (None, "imagenet"):
         path = pathlib.Path(weights).expanduser()
