@@ -426,8 +426,8 @@ def _add_benchmark(commands):
     from adafilter_keras.training.config import METHODS
     from adafilter_keras.transfer import command
     from adafilter_keras.transfer.runs import EXTRA_OPTIMIZERS, OPTIMIZERS
-    from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
     from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS
+    from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
 
     benchmark = commands.add_parser(
         "benchmark",
