@@ -119,7 +119,7 @@ def _add_process_flags(parser):
         "several processes (--distribution multi_process, JAX)",
         "Start the same command once per process, on one machine or many. Each flag falls back "
         "to its environment variable; with none of the three set, JAX reads the cluster "
-        "manager's (SLURM, Open MPI). docs/training.md shows how to launch.",
+        "manager's (SLURM, Open MPI). docs/distributed.md shows how to launch.",
     )
     group.add_argument(
         "--coordinator-address",

@@ -6,7 +6,7 @@ import math
 import pytest
 from support import tensorflow_only
 
-from adafilter_keras.transfer import statistics
+from adafilter_keras import statistics
 
 pytestmark = tensorflow_only  # plain Python; run once
 

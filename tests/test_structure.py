@@ -9,7 +9,7 @@ PACKAGE = pathlib.Path(adafilter_keras.__file__).parent
 # Lowest first; a module may import its own layer and those below it. The package's
 # `__init__` (the public API) sits above everything it re-exports.
 LAYERS = (
-    {"validation", "console", "version", "network"},
+    {"validation", "console", "version", "network", "statistics"},
     {"layers"},
     {"backbones"},
     {"data"},

@@ -4,7 +4,7 @@ import csv
 import json
 import pathlib
 
-from adafilter_keras.transfer.statistics import cell_summary, format_difference
+from adafilter_keras.statistics import cell_summary, format_difference
 
 
 def collect(paths):
@@ -30,9 +30,9 @@ def summarize(results, baseline="finetune"):
     """One row per (dataset, shots, method): test accuracy over seeds, paired with `baseline`.
 
     Each run is paired with the baseline's run of the same dataset, shots and seed
-    (`transfer.statistics`, as in the benchmark and the quick start): `difference` is the mean
-    paired difference in points of test accuracy (positive: the method makes fewer top-1 errors
-    than the baseline), `interval` its 95% half-width (NaN with one paired seed), `worst` the
+    (`adafilter_keras.statistics`, as in the benchmark and the quick start): `difference` is the
+    mean paired difference in points of test accuracy (positive: the method makes fewer top-1
+    errors than the baseline), `interval` its 95% half-width (NaN with one paired seed), `worst` the
     worst seed's difference; all NaN where no seed has a baseline run.
 
     Raises:

@@ -3,8 +3,8 @@
 It runs the benchmark's `demo` preset (`command.PRESETS["demo"]`) with the benchmark's engine:
 the same task (`digits`: a SmallResNet pre-trained on MNIST, transferred to the UCI digits of
 scikit-learn), the same per-method recipe (`own`, TrainConfig's defaults in steps), the same
-paired statistics (`transfer.statistics`). It is a demonstration that finishes in minutes; the
-accuracy numbers the documentation reports come from `adafilter-keras benchmark`.
+paired statistics (`adafilter_keras.statistics`). It is a demonstration that finishes in
+minutes; the accuracy numbers the documentation reports come from `adafilter-keras benchmark`.
 """
 
 import dataclasses

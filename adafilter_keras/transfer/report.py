@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 
-from adafilter_keras.transfer.statistics import cell_summary, format_difference, overall
+from adafilter_keras.statistics import cell_summary, format_difference, overall
 
 BASELINE = "finetune"
 

@@ -24,8 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adafilter_keras.layers import gate_controller  # noqa: E402
+from adafilter_keras.statistics import mean_interval as paired  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
-from adafilter_keras.transfer.statistics import mean_interval as paired  # noqa: E402
 from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
 
 

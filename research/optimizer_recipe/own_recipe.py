@@ -94,7 +94,7 @@ def differences(records, baseline):
 
 def _gap(first, first_method, second, second_method, cell, seeds, metric):
     """Mean and 95% half-width of `first`'s method minus `second`'s, paired by seed, in points."""
-    from adafilter_keras.transfer.statistics import mean_interval as paired
+    from adafilter_keras.statistics import mean_interval as paired
 
     return paired(
         [

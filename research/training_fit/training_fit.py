@@ -27,8 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adafilter_keras.inspection import controller_or_none  # noqa: E402
+from adafilter_keras.statistics import mean_interval as paired  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
-from adafilter_keras.transfer.statistics import mean_interval as paired  # noqa: E402
 from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
 
 METHODS = ("finetune", "adafilter")
