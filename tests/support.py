@@ -1,5 +1,6 @@
 """Helpers shared by the tests: a hand-built AdaFilter CNN, NumPy references and gradients."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -235,3 +236,23 @@ def run_main(capsys, *args):
         status = exit_.code
     out, err = capsys.readouterr()
     return types.SimpleNamespace(returncode=status, stdout=out, stderr=err)
+
+
+def tiny_benchmark(**changes):
+    """Benchmark settings of a few seconds: digits, few-shot, 2 seeds, 8 px, 4 steps."""
+    from adafilter_keras.transfer.runs import BenchmarkSettings
+
+    settings = BenchmarkSettings(
+        tasks=("digits",),
+        regimes=("few_shot",),
+        methods=("finetune", "adafilter"),
+        optimizers=("sgd",),
+        seeds=(0, 1),
+        shots=2,
+        image_size=8,
+        width=4,
+        batch_size=8,
+        few_shot_steps=4,
+        source_epochs=1,
+    )
+    return dataclasses.replace(settings, **changes)

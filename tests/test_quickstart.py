@@ -6,27 +6,15 @@ import json
 import math
 
 import pytest
-from support import run_main, tensorflow_only
+from support import run_main, tensorflow_only, tiny_benchmark
 
 from adafilter_keras import cli
 from adafilter_keras.transfer import command, demo, tasks
-from adafilter_keras.transfer.runs import BenchmarkSettings, run_key
+from adafilter_keras.transfer.runs import run_key
 
 pytestmark = tensorflow_only  # orchestration only; the layers are tested on every backend
 
-TINY = BenchmarkSettings(
-    tasks=("digits",),
-    regimes=("few_shot",),
-    methods=("finetune", "adafilter"),
-    optimizers=("own",),
-    seeds=(0, 1),
-    shots=2,
-    image_size=8,
-    width=4,
-    batch_size=8,
-    few_shot_steps=4,
-    source_epochs=1,
-)
+TINY = tiny_benchmark(optimizers=("own",))
 
 
 def test_demo_preset_is_a_benchmark_preset_whose_runs_are_the_benchmarks():

@@ -9,6 +9,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from support import tiny_benchmark
 
 from adafilter_keras import cli
 from adafilter_keras.transfer import command, report, tasks
@@ -162,19 +163,7 @@ def test_targets_fail_on_one_cell_worse_than_its_interval_though_the_mean_is_lev
     assert "undetermined" in report.markdown(single)
 
 
-TINY = BenchmarkSettings(
-    tasks=("digits",),
-    regimes=("few_shot",),
-    methods=("finetune", "adafilter"),
-    optimizers=("sgd",),
-    seeds=(0, 1),
-    shots=2,
-    image_size=8,
-    width=4,
-    batch_size=8,
-    few_shot_steps=4,
-    source_epochs=1,
-)
+TINY = tiny_benchmark()
 
 
 def test_benchmark_repeats_exactly_in_a_fresh_directory(tmp_path):
