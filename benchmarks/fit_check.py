@@ -1,4 +1,4 @@
-"""Does `model.fit` train a wrapped ResNet50 on this machine's accelerator? A check in one command.
+"""Does `model.fit` train a wrapped ResNet50 on an accelerator? A check in one command.
 
 Usage:
     KERAS_BACKEND=jax python benchmarks/fit_check.py [--steps 200] [--batch-size 32]
