@@ -35,7 +35,9 @@ class GateSettings:
       (research/losing_cell).
     * `normalize_controller_inputs=False`: the gates then learn a per-filter rate that does not
       depend on the input (group gap 0.004-0.029 against 0.16-0.30 normalized;
-      research/input_dependent_gates).
+      research/input_dependent_gates). On a backbone the benchmark never ran it was ahead of the
+      defaults (+2.5 ± 2.5 against +0.7 ± 0.7 points over fine-tuning, 3 seeds;
+      research/unseen_backbone): the defaults are to be chosen again on more backbones.
 
     Create one with keywords (`GateSettings(gradient_scale=100)`) or from a mapping with
     `GateSettings.from_mapping`; change one with `dataclasses.replace` or `replace`. Every value
