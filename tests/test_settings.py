@@ -5,10 +5,10 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
+from support import to_numpy
 
 import adafilter_keras as ak
 from adafilter_keras.layers import settings as gate_settings
-from tests.support import to_numpy
 
 
 def test_defaults_are_the_recommended_ones_and_values_are_canonical():
