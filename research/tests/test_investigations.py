@@ -32,19 +32,17 @@ SCRIPTS = {
     "training_fit": "training_fit",
 }
 
-TINY = BenchmarkSettings(
-    tasks=("digits",),
-    regimes=("few_shot",),
-    methods=("finetune", "adafilter"),
-    optimizers=("sgd",),
-    seeds=(0, 1),
-    shots=2,
-    image_size=8,
-    width=4,
-    batch_size=8,
-    few_shot_steps=4,
-    source_epochs=1,
-)
+
+def _tests_support():
+    """The default test suite's helpers (tests/support.py), shared rather than copied."""
+    path = RESEARCH.parent / "tests" / "support.py"
+    spec = importlib.util.spec_from_file_location("_tests_support", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = _tests_support().tiny_benchmark()
 
 
 @pytest.fixture(autouse=True)
