@@ -127,7 +127,7 @@ def run_key(settings, task, regime, method, optimizer, seed):
             else None,
             "source_epochs": settings.source_epochs,
             # The gated methods' resolved settings: a change of wrap()'s defaults is a new run.
-            "variant": _variant_key(settings.variant)
+            "variant": variant_key(settings.variant)
             if method in ("adafilter", "stochastic", "block")
             else {},
         },
@@ -194,7 +194,12 @@ VARIANT_SETTINGS = {
 _LATER_SETTINGS = {"normalize_controller_gradient": False}
 
 
-def _variant_key(variant):
+def variant_key(variant):
+    """The gate settings a gated run's key holds: `variant` over the defaults.
+
+    Use it wherever a run's `key["variant"]` is compared with settings, so that the settings left
+    out of the key (`_LATER_SETTINGS`) compare alike.
+    """
     resolved = {**VARIANT_SETTINGS, **variant}
     return {
         name: value

@@ -41,12 +41,13 @@ def build_parser():
 def main(argv=None):
     """Prints the paired comparison."""
     args = build_parser().parse_args(argv)
-    from adafilter_keras.transfer import report, statistics
+    from adafilter_keras import statistics
+    from adafilter_keras.transfer import report
     from adafilter_keras.transfer.command import wrap_settings
-    from adafilter_keras.transfer.runs import VARIANT_SETTINGS as DEFAULTS
+    from adafilter_keras.transfer.runs import variant_key
 
     def resolved(text):
-        return {**DEFAULTS, **wrap_settings(text)}
+        return variant_key(wrap_settings(text))
 
     variant, baseline = resolved(args.wrap_settings), resolved(args.baseline)
     directories = [args.output_dir] + ([args.baseline_runs] if args.baseline_runs else [])

@@ -70,7 +70,8 @@ def build_parser():
 def main(argv=None):
     """Runs the variants and prints the table."""
     args = build_parser().parse_args(argv)
-    from adafilter_keras.transfer import Benchmark, BenchmarkSettings, statistics
+    from adafilter_keras import statistics
+    from adafilter_keras.transfer import Benchmark, BenchmarkSettings
 
     print("| variant | adafilter − finetune (val / test) | adafilter − stochastic (val / test) "
           "| fine-tuned | disagreement | spread | group gap |")  # fmt: skip

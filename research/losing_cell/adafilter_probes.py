@@ -69,7 +69,7 @@ from adafilter_keras.inspection import controller_or_none  # noqa: E402
 from adafilter_keras.layers import gate_controller, gate_sampling  # noqa: E402
 from adafilter_keras.transfer import runs as benchmark_runs  # noqa: E402
 from adafilter_keras.transfer.report import overall, pair_methods  # noqa: E402
-from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS  # noqa: E402
+from adafilter_keras.transfer.runs import variant_key  # noqa: E402
 from adafilter_keras.transfer.tasks import REGIMES, TASKS  # noqa: E402
 
 
@@ -326,7 +326,7 @@ def _same_budget(record, settings):
 
 
 def _is_default(record):
-    return json.loads(record["key"])["variant"] == WRAP_DEFAULTS
+    return json.loads(record["key"])["variant"] == variant_key({})
 
 
 def main(argv=None):
