@@ -425,31 +425,54 @@ def demo_main(argv=None):
 def _add_benchmark(commands):
     from adafilter_keras.training.config import METHODS
     from adafilter_keras.transfer import command
-    from adafilter_keras.transfer.runs import EXTRA_OPTIMIZERS, OPTIMIZERS
+    from adafilter_keras.transfer.backbones import BACKBONES, LEGACY
+    from adafilter_keras.transfer.runs import (
+        BENCHMARK_METHODS,
+        EXTRA_OPTIMIZERS,
+        MATCHED,
+        OPTIMIZERS,
+    )
     from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS
     from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
 
     benchmark = commands.add_parser(
         "benchmark",
         help="the offline transfer benchmark: every method vs fine-tuning, paired over seeds",
-        description="Pre-train a SmallResNet on each source (cached), then transfer it to three "
-        "targets built from data shipped in packages: digits (MNIST -> UCI digits), classes "
-        "(MNIST 0-4 -> 5-9) and domain (MNIST -> MNIST blended with photographs), few-shot (150 "
-        "steps, 5 seeds) and larger (2,000 steps, 3 seeds), with finetune, feature_extraction, "
-        "l2sp, stochastic, block and adafilter, each "
-        "under its own recipe (own) and under one plain SGD (sgd). Prints and writes the mean "
-        "paired difference of every method against finetune with its 95% interval and worst "
-        "seed, and whether AdaFilter meets the benchmark's two targets. About 2 hours on CPU, 2 "
-        "cores. Offline; runs are appended to runs.jsonl as they finish, and the same command "
-        "resumes. The accuracy the documentation reports comes from this full run; --quick "
-        "checks that the suites run (" + command.describe(command.PRESETS["quick"]) + "; about "
-        "4 minutes) and its numbers are not reported.",
+        description="Pre-train backbones on each source (cached), then transfer them to targets "
+        "built from data shipped in packages: digits (MNIST -> UCI digits), classes (MNIST 0-4 "
+        "-> 5-9) and domain (MNIST -> MNIST blended with photographs). Prints and writes every "
+        "method's mean paired difference against finetune with its 95% interval and worst "
+        "seed, and whether AdaFilter meets the benchmark's targets. Three suites: 'selection' "
+        "(where wrap()'s defaults are chosen, on validation accuracy: "
+        + command.describe(command.suite_from(None, "selection"))
+        + "; about 1 hour on CPU, 2 cores), 'confirmation' (run once the defaults are fixed; "
+        "the numbers the documentation reports: "
+        + command.describe(command.suite_from(None, "confirmation"))
+        + "; about 1 hour), and 'full' (the 0.1 tables: SmallResNet with BN momentum 0.9 at 16 "
+        "px, every method, few-shot and larger regimes; about 2 hours). --quick checks that the "
+        "suites run ("
+        + command.describe(command.suite_from(None, "quick"))
+        + "; under 10 minutes); its numbers are not reported. Offline; runs are appended to "
+        "runs.jsonl as they finish, and the same command resumes.",
+    )
+    benchmark.add_argument(
+        "--suite",
+        choices=command.SUITES,
+        help="the suite to run (default: full)",
     )
     benchmark.add_argument(
         "--quick",
         action="store_true",
-        help="the quick preset, to check that the suites run: task digits, few-shot only, "
-        "seeds 0 1 2 (about 4 min on CPU, 2 cores); its numbers are not the reported ones",
+        help="the quick suite, to check that the suites run (under 10 min on CPU, 2 cores); its "
+        "numbers are not the reported ones",
+    )
+    benchmark.add_argument(
+        "--backbones",
+        nargs="+",
+        metavar="NAME@PIXELS",
+        help="backbones instead of the suite's, each with its image size, e.g. resnet32@32 "
+        f"(names: {', '.join(name for name in BACKBONES if name != LEGACY)}; {LEGACY} is the "
+        "0.1 tables' backbone)",
     )
     benchmark.add_argument(
         "--output-dir",
@@ -468,7 +491,11 @@ def _add_benchmark(commands):
         "--regimes", nargs="+", choices=REGIMES, help=f"default: {' '.join(REGIMES)}"
     )
     benchmark.add_argument(
-        "--methods", nargs="+", choices=METHODS, help=f"default: {' '.join(METHODS)}"
+        "--methods",
+        nargs="+",
+        choices=BENCHMARK_METHODS,
+        help=f"default: {' '.join(METHODS)}; the suites add {MATCHED} (random gates at the "
+        "rates the paired adafilter run's gates reached, layer by layer; needs adafilter)",
     )
     benchmark.add_argument(
         "--optimizers",

@@ -125,11 +125,12 @@ def test_presets_say_what_they_run_and_that_the_reported_numbers_are_the_benchma
     assert "under 5 minutes on CPU, 2 cores, source model included" in demo
     assert "Reported accuracy numbers come from the full benchmark" in demo
     assert (
-        "--quick checks that the suites run (task digits; few-shot (10 images per class, 150 "
-        "steps, seeds 0 1 2); methods finetune, feature_extraction, l2sp, stochastic, block, "
-        "adafilter; optimizers own, sgd; 36 runs; about 4 minutes) and its numbers are not "
-        "reported." in benchmark
+        "--quick checks that the suites run (backbones resnet16@16, plain@16; task digits; "
+        "few-shot (10 images per class, 150 steps, seeds 0 1); methods finetune, stochastic, "
+        "adafilter, stochastic_matched; optimizers sgd, adam; 32 runs; under 10 minutes); its "
+        "numbers are not reported." in benchmark
     )
+    assert "'confirmation' (run once the defaults are fixed" in benchmark
 
 
 def test_a_script_gets_a_commands_flags_under_its_own_name():
@@ -213,7 +214,7 @@ def test_benchmark_in_a_process_reports_recorded_runs(tmp_path):
     from adafilter_keras.transfer import command
     from adafilter_keras.transfer.runs import RESULTS, run_key
 
-    settings = command.PRESETS["quick"]
+    settings = command.suite_from(None, "quick")[0]
     lines = []
     for method, accuracies in (("finetune", (0.5, 0.6)), ("adafilter", (0.55, 0.62))):
         for seed, accuracy in enumerate(accuracies):
@@ -222,8 +223,8 @@ def test_benchmark_in_a_process_reports_recorded_runs(tmp_path):
                 method=method, seed=seed, test_accuracy=accuracy, val_accuracy=accuracy,
                 key=key)))  # fmt: skip
     (tmp_path / RESULTS).write_text("\n".join(lines) + "\n")
-    result = run_cli("benchmark", "--quick", "--methods", "finetune", "adafilter",
-                     "--optimizers", "own", "--seeds", "0", "1",
+    result = run_cli("benchmark", "--quick", "--backbones", settings.model,
+                     "--methods", "finetune", "adafilter", "--optimizers", "own", "--seeds", "0", "1",
                      "--report-only", "--output-dir", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     # Differences +5 and +2 points: mean +3.5, half-width 12.706 * 2.121 / sqrt(2) = 19.06.

@@ -401,9 +401,10 @@ def test_learned_vs_random_table_only_where_both_were_run():
     assert "Learned gates vs random gates" in table and "nan" not in table
 
 
-def test_report_only_keeps_to_the_seeds_and_cells_its_settings_name():
+def test_report_only_keeps_to_the_seeds_and_cells_its_settings_name(tmp_path):
     settings = dataclasses.replace(TINY, seeds=(0,))
+    # The key holds no seed list: a run of seed 1 has a key of its own, outside these settings.
+    keys = {key for *_, key in Benchmark(settings, tmp_path).keys()}
     for seed, task, wanted in ((0, "digits", True), (1, "digits", False), (0, "classes", False)):
         key = run_key(settings, task, "few_shot", "adafilter", "sgd", seed)
-        record = dict(_record("adafilter", seed, 0.5, task), key=key)
-        assert command._wanted(record, settings) == wanted
+        assert (key in keys) == wanted

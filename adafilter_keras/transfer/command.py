@@ -9,19 +9,36 @@ import pathlib
 import time
 
 from adafilter_keras.layers.settings import check_values as check_gate_settings
-from adafilter_keras.transfer import report
+from adafilter_keras.transfer import backbones, report
+from adafilter_keras.transfer.runs import MATCHED, Benchmark, BenchmarkSettings
 from adafilter_keras.transfer.runs import VARIANT_SETTINGS as WRAP_DEFAULTS
-from adafilter_keras.transfer.runs import Benchmark, BenchmarkSettings
 
 # Everything: 3 tasks x 2 regimes x 6 methods x 2 optimizers, 5 seeds few-shot and 3 in the
 # larger regime (288 runs). A larger-regime run is 2,000 steps on every task (4 epochs would be
 # 312-752); 3 larger seeds keep the whole benchmark near 2 hours on CPU, 2 cores; 5 would not.
 _FULL = BenchmarkSettings(large_steps=2000, large_seeds=(0, 1, 2))
+# The suites of backbones, few-shot: each cell is task x backbone x optimizer, and every gated
+# method is compared with fine-tuning, random gates at 0.5 and random gates at the learned rates.
+_SUITE = dataclasses.replace(
+    _FULL,
+    regimes=("few_shot",),
+    methods=("finetune", "stochastic", "adafilter", MATCHED),
+    optimizers=("sgd", "own", "adam"),
+)
 PRESETS = {
+    # Where `wrap()`'s defaults are chosen (validation accuracy only): four kinds of backbone at
+    # 16 and 32 px, on the class-disjoint and the domain-shift tasks.
+    "selection": dataclasses.replace(_SUITE, tasks=("classes", "domain"), seeds=(0, 1, 2)),
+    # Run once the defaults are fixed, and the numbers the documentation reports: other
+    # backbones (among them a residual one like a user's, 32-64-128 filters at 32 px with
+    # Keras's BN momentum) on another task, 5 seeds.
+    "confirmation": dataclasses.replace(_SUITE, tasks=("digits",), seeds=(0, 1, 2, 3, 4)),
+    # The 0.1 tables: SmallResNet (width 16, BN momentum set to 0.9) at 16 px, every method.
     "full": _FULL,
-    # Checks that the benchmark's suites run: one task, few-shot, 3 seeds, every method under
-    # both optimizers (36 runs, measured 3 min 54 s on CPU, 2 cores, source model included).
-    "quick": dataclasses.replace(_FULL, tasks=("digits",), regimes=("few_shot",), seeds=(0, 1, 2)),
+    # Checks that the suites run: two backbones, one task, 2 seeds, under SGD and Adam.
+    "quick": dataclasses.replace(
+        _SUITE, tasks=("digits",), optimizers=("sgd", "adam"), seeds=(0, 1)
+    ),
     # The quick start (`adafilter-keras demo`): the digits task few-shot, five methods (random
     # gates too, for learned vs random) under their own recipe, 3 seeds (15 runs and the source
     # model, under 5 minutes on CPU, 2 cores).
@@ -36,8 +53,22 @@ PRESETS = {
 }
 
 
+# The backbones (`NAME@PIXELS`) of each suite; a preset not named here runs one backbone.
+SUITE_BACKBONES = {
+    "selection": ("resnet16@16", "resnet64@16", "vgg_bn@32", "plain@16"),
+    "confirmation": ("resnet32@32", "vgg_bn32@16", "plain32@32"),
+    "quick": ("resnet16@16", "plain@16"),
+}
+SUITES = ("selection", "confirmation", "full")
+
+
 def describe(settings):
-    """What `settings` runs, in one sentence (for `--help` and the docs)."""
+    """What `settings` (one `BenchmarkSettings` or a suite of them) runs, in one sentence."""
+    if isinstance(settings, (list, tuple)):
+        suite = list(settings)
+        models = ", ".join(each.model for each in suite)
+        runs = sum(each.total_runs() for each in suite)
+        return f"backbones {models}; {describe(suite[0]).rsplit(';', 1)[0]}; {runs} runs"
     regimes = []
     if "few_shot" in settings.regimes:
         regimes.append(
@@ -72,12 +103,40 @@ _FLAG_SETTINGS = (
 )
 
 
+def _preset_name(args, preset=None):
+    if preset:
+        return preset
+    if getattr(args, "quick", False):
+        return "quick"
+    return getattr(args, "suite", None) or "full"
+
+
+def suite_from(args, preset=None):
+    """The suite the flags ask for: one `BenchmarkSettings` per backbone.
+
+    `--backbones` (`NAME@PIXELS` specs) replaces the preset's backbones; a preset without
+    backbones of its own (`full`, `demo`) runs its one backbone.
+    """
+    name = _preset_name(args, preset)
+    settings = settings_from(args, name)
+    specs = getattr(args, "backbones", None) or SUITE_BACKBONES.get(name)
+    if not specs:
+        return [settings]
+    models = [backbones.parse(spec, settings.image_size) for spec in specs]
+    if len(set(models)) < len(models):
+        raise ValueError(f"`--backbones` names a backbone twice. Received: {list(specs)}")
+    return [
+        dataclasses.replace(settings, backbone=backbone, image_size=pixels)
+        for backbone, pixels in models
+    ]
+
+
 def settings_from(args, preset=None):
     """The `BenchmarkSettings` the flags ask for, starting from `preset` (a `PRESETS` name).
 
-    Without `preset`: `quick` when `args.quick` is set, else `full`.
+    Without `preset`: `quick` when `args.quick` is set, else the `--suite` flag's, else `full`.
     """
-    settings = PRESETS[preset or ("quick" if getattr(args, "quick", False) else "full")]
+    settings = PRESETS[_preset_name(args, preset)]
     overrides = {
         name: tuple(value) if isinstance(value, list) else value
         for name in _FLAG_SETTINGS
@@ -141,7 +200,24 @@ def _large_length(settings):
 
 
 def note(settings):
-    """What the table was run with, in words, for under the table."""
+    """What the table was run with, in words, for under the table.
+
+    Args:
+        settings: One `BenchmarkSettings`, or a suite of them (one per backbone).
+    """
+    suite = list(settings) if isinstance(settings, (list, tuple)) else [settings]
+    settings = suite[0]
+    if len(suite) == 1 and settings.backbone == backbones.LEGACY:
+        model = (
+            f"SmallResNet (width {settings.width}, BN momentum "
+            f"{backbones.LEGACY_BN_MOMENTUM}) pre-trained on the source at "
+            f"{settings.image_size} px"
+        )
+    else:
+        model = "Backbones " + "; ".join(
+            f"{each.model} ({backbones.BACKBONES[each.backbone].description})" for each in suite
+        )
+        model += ", each with its own BN momentum, pre-trained on the source at its image size"
     regimes = []
     if "few_shot" in settings.regimes:
         regimes.append(
@@ -154,8 +230,7 @@ def note(settings):
             f"{list(settings.large_seeds)}"
         )
     return (
-        f"Settings: SmallResNet (width {settings.width}) pre-trained on the source at "
-        f"{settings.image_size} px for {settings.source_epochs} epochs; batch "
+        f"Settings: {model} for {settings.source_epochs} epochs; batch "
         f"{settings.batch_size}; {'; '.join(regimes)}; "
         "20 validation images per class; accuracy after the last step (no selection on test)."
         + (
@@ -169,16 +244,17 @@ def note(settings):
 
 def run(args, stream=None):
     """Runs (or resumes) the benchmark the flags ask for, then writes and prints the report."""
-    settings = settings_from(args)
-    benchmark = Benchmark(settings, args.output_dir, stream=stream)
+    suite = suite_from(args)
+    benchmark = Benchmark(suite, args.output_dir, stream=stream)
     started = time.time()
     if args.report_only:
-        records = [r for r in benchmark.done().values() if _wanted(r, settings)]
+        done = benchmark.done()
+        records = [done[key] for *_, key in benchmark.keys() if key in done]
         if not records:
             raise ValueError(f"No runs of these settings in {benchmark.results_path} yet.")
-        if len(records) < settings.total_runs():
+        if len(records) < benchmark.total_runs():
             print(
-                f"Only {len(records)} of the {settings.total_runs()} runs of these settings are "
+                f"Only {len(records)} of the {benchmark.total_runs()} runs of these settings are "
                 f"in {benchmark.results_path}: the report covers those. Run without "
                 "--report-only to add the others, or give the flags the runs were made with "
                 "(e.g. --large-epochs 4 --large-seeds 0 1 2 3 4 for the committed 4-epoch runs).",
@@ -186,7 +262,7 @@ def run(args, stream=None):
             )
     else:
         records = benchmark.run()
-    table = report.write(records, pathlib.Path(args.output_dir), note(settings))
+    table = report.write(records, pathlib.Path(args.output_dir), note(suite))
     print(table, file=stream)
     written = "results.json, table.md and differences.png"
     if not (pathlib.Path(args.output_dir) / "differences.png").exists():
@@ -196,21 +272,3 @@ def run(args, stream=None):
         file=stream,
     )
     return records
-
-
-def _wanted(record, settings):
-    from adafilter_keras.transfer.runs import run_key
-
-    # The key holds no seed list: a run of seed 3 has the same key under settings with seeds
-    # 0-2, so the seeds (and cells) the settings name are checked as well.
-    cell = (record["task"], record["regime"], record["method"], record["optimizer"])
-    if cell not in settings.cells() or record["seed"] not in settings.seeds_of(cell[1]):
-        return False
-    return record["key"] == run_key(
-        settings,
-        record["task"],
-        record["regime"],
-        record["method"],
-        record["optimizer"],
-        record["seed"],
-    )

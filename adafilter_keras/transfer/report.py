@@ -9,6 +9,22 @@ import statistics
 from adafilter_keras.statistics import cell_summary, format_difference, overall
 
 BASELINE = "finetune"
+MATCHED = "stochastic_matched"
+# Robustness: no seed worse than the same seed's fine-tuning by more than this (points); every
+# layer's fine-tuned fraction within `GATE_RANGE`; the gates depend on the input
+# (disagreement >= `MIN_DISAGREEMENT`) in most layers.
+WORST_SEED_LIMIT = 3.0
+GATE_RANGE = (0.1, 0.9)
+MIN_DISAGREEMENT = 0.02
+
+
+def where(record):
+    """The task a record's cell is on, with its backbone when it names one (`digits resnet32@32`).
+
+    Runs of the 0.1 tables' backbone name none: their label is the task alone.
+    """
+    backbone = record.get("backbone")
+    return f"{record['task']} {backbone}" if backbone else record["task"]
 
 
 def compare(records, metric="test_accuracy", baseline=BASELINE):
@@ -25,7 +41,7 @@ def compare(records, metric="test_accuracy", baseline=BASELINE):
     """
     by_cell = collections.defaultdict(dict)
     for record in records:
-        cell = (record["task"], record["regime"], record["optimizer"], record["method"])
+        cell = (where(record), record["regime"], record["optimizer"], record["method"])
         by_cell[cell][record["seed"]] = 100.0 * record[metric]
     rows = []
     for (task, regime, optimizer, method), values in by_cell.items():
@@ -60,7 +76,7 @@ def gate_summary(records, method="adafilter"):
     groups = collections.defaultdict(list)
     for record in records:
         if record["method"] == method and record.get("gates"):
-            groups[(record["task"], record["regime"], record["optimizer"])].append(record["gates"])
+            groups[(where(record), record["regime"], record["optimizer"])].append(record["gates"])
     return {
         cell: {
             key: statistics.fmean(
@@ -147,6 +163,111 @@ def targets(records, method="adafilter"):
                     )
                 verdicts.append(verdict)
     return verdicts
+
+
+def robustness(records, method="adafilter", metric="test_accuracy"):
+    """The robustness targets of `method`, per optimizer, over the cells where it was run.
+
+    * `worst_seed`: the smallest paired difference against the same seed's fine-tuning over
+      every seed of every cell, and the cell it is in; `met` when it is above
+      `-WORST_SEED_LIMIT` points.
+    * `versus_matched`: `method - stochastic_matched` (random gates drawn at each layer's
+      learned rate), mean over cells with its 95% interval; `met` when the mean is >= 0.
+    * `gates`: the range of the layers' fine-tuned fractions (`met` when inside
+      `GATE_RANGE`), and the share of layers whose disagreement reaches `MIN_DISAGREEMENT`
+      (`met` when more than half).
+
+    Returns:
+        A dict per optimizer, empty when `method` was not run.
+    """
+    verdicts = {}
+    rows = [r for r in compare(records, metric) if r["method"] == method]
+    matched = pair_methods(records, method, MATCHED, metric)
+    for optimizer in sorted({r["optimizer"] for r in rows}):
+        cells = [r for r in rows if r["optimizer"] == optimizer and r["seeds"]]
+        if not cells:
+            continue
+        worst = min(cells, key=lambda r: r["worst"])
+        verdict = {
+            "cells": len(cells),
+            "worst_seed": {
+                "difference": worst["worst"],
+                "cell": f"{worst['task']} {worst['regime']}",
+                "seed": worst["worst_seed"],
+                "met": bool(worst["worst"] > -WORST_SEED_LIMIT),
+            },
+        }
+        paired_cells = [r for r in matched if r["optimizer"] == optimizer]
+        if paired_cells:
+            mean, interval = overall(paired_cells)
+            verdict["versus_matched"] = {
+                "cells": len(paired_cells),
+                "mean": mean,
+                "interval": interval,
+                "met": bool(mean >= 0),
+            }
+        layers = [
+            layer
+            for record in records
+            if record["method"] == method
+            and record["optimizer"] == optimizer
+            and record.get("gates")
+            for layer in record["gates"]
+        ]
+        if layers:
+            fractions = [layer["fraction_finetuned"] for layer in layers]
+            varied = statistics.fmean(layer["disagreement"] >= MIN_DISAGREEMENT for layer in layers)
+            verdict["gates"] = {
+                "fraction_finetuned": [min(fractions), max(fractions)],
+                "within_range": bool(
+                    GATE_RANGE[0] <= min(fractions) and max(fractions) <= GATE_RANGE[1]
+                ),
+                "input_dependent_share": varied,
+                "input_dependent": bool(varied > 0.5),
+            }
+        verdicts[optimizer] = verdict
+    return verdicts
+
+
+def _robustness_markdown(verdicts):
+    lines = [
+        f"**Robustness** (test): the worst seed of any cell against the same seed's fine-tuning "
+        f"(target: above −{WORST_SEED_LIMIT:g} points); learned gates − random gates at each "
+        "layer's learned rate (`stochastic_matched`, target: mean ≥ 0); the range of the layers' "
+        f"fine-tuned fractions over runs (target: within {GATE_RANGE[0]:g}-{GATE_RANGE[1]:g}); "
+        f"the share of layers whose gates depend on the input (disagreement ≥ "
+        f"{MIN_DISAGREEMENT:g}; target: most)",
+        "",
+        "| optimizer | cells | worst seed (cell) | learned − rate-matched | fine-tuned fraction "
+        "| input-dependent layers |",
+        "|---|---|---|---|---|---|",
+    ]
+    for optimizer, verdict in sorted(verdicts.items()):
+        worst = verdict["worst_seed"]
+        matched = verdict.get("versus_matched")
+        gates = verdict.get("gates")
+        lines.append(
+            f"| {optimizer} | {verdict['cells']} | {worst['difference']:+.1f} ({worst['cell']}, "
+            f"seed {worst['seed']}) {'✓' if worst['met'] else '✗'} | "
+            + (
+                f"{matched['mean']:+.2f} ± {matched['interval']:.2f} "
+                f"{'✓' if matched['met'] else '✗'}"
+                if matched
+                else "—"
+            )
+            + " | "
+            + (
+                f"{gates['fraction_finetuned'][0]:.2f}-{gates['fraction_finetuned'][1]:.2f} "
+                f"{'✓' if gates['within_range'] else '✗'} | "
+                f"{100 * gates['input_dependent_share']:.0f} % "
+                f"{'✓' if gates['input_dependent'] else '✗'}"
+                if gates
+                else "— | —"
+            )
+            + " |"
+        )
+    lines.append("")
+    return lines
 
 
 def _verdict(met):
@@ -272,6 +393,9 @@ def markdown(records, settings_note=""):
     verdicts = targets(records)
     if verdicts:
         lines.extend(_targets_markdown(verdicts))
+    robust = robustness(records)
+    if robust:
+        lines.extend(_robustness_markdown(robust))
     if settings_note:
         lines.append(settings_note)
     return "\n".join(lines)
@@ -280,9 +404,11 @@ def markdown(records, settings_note=""):
 def _column_order(column):
     from adafilter_keras.transfer.tasks import EXTRA_TASKS, REGIMES, TASKS
 
-    task, regime = column
+    label, regime = column
+    task, _, backbone = label.partition(" ")
     return (
         (TASKS + EXTRA_TASKS).index(task) if task in TASKS + EXTRA_TASKS else 99,
+        backbone,
         REGIMES.index(regime) if regime in REGIMES else 99,
     )
 
@@ -360,6 +486,8 @@ def write(records, output_dir, settings_note=""):
             records, "adafilter", "stochastic", "val_accuracy"
         ),
         "targets": targets(records),
+        "robustness": robustness(records),
+        "learned_vs_matched": pair_methods(records, "adafilter", MATCHED),
         "gates": [
             {"task": t, "regime": g, "optimizer": o, **values}
             for (t, g, o), values in sorted(gate_summary(records).items())

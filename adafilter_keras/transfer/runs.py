@@ -19,12 +19,12 @@ import time
 import keras
 import numpy as np
 
-from adafilter_keras.backbones.models import small_resnet
 from adafilter_keras.inspection import controller_or_none, gate_model
 from adafilter_keras.layers.settings import DEFAULTS as GATE_DEFAULTS
 from adafilter_keras.training.config import METHODS
 from adafilter_keras.training.methods import HEAD, apply_method
 from adafilter_keras.training.optimizers import SGDWithMultipliers, WarmupDecay
+from adafilter_keras.transfer import backbones as benchmark_backbones
 from adafilter_keras.transfer import tasks as task_data
 
 # "own": each method under the harness's recipe for it (TrainConfig defaults: cosine schedule with
@@ -37,9 +37,11 @@ OPTIMIZERS = ("own", "sgd")
 # so a gradient scale does not speed it up.
 EXTRA_OPTIMIZERS = ("adam",)
 RESULTS = "runs.jsonl"
-# Few-shot runs are short: with Keras's default 0.99 the moving statistics would still be mostly
-# the source's at the end of training, for every method alike.
-BN_MOMENTUM = 0.9
+# Random gates at the rates the learned gates reach: each layer's fine-tuned fraction over the
+# last quarter of the paired `adafilter` run (same cell, same seed), which must run first.
+MATCHED = "stochastic_matched"
+BENCHMARK_METHODS = (*METHODS, MATCHED)
+_GATED = ("adafilter", "stochastic", "block", MATCHED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,9 @@ class BenchmarkSettings:
         large_seeds: Seeds of the larger regime.
         shots: Images per class in the few-shot regime.
         image_size: Image side in pixels.
-        width: Width of the `SmallResNet` backbone.
+        backbone: A name of `backbones.BACKBONES`; `backbones.LEGACY` (the default) is the 0.1
+            tables' `SmallResNet` with its BN momentum set to 0.9.
+        width: Width of the `backbones.LEGACY` backbone (the others have their own).
         batch_size: Training batch size.
         few_shot_steps: Training steps of a few-shot run.
         large_epochs: Epochs of a larger-regime run, unless `large_steps` is set.
@@ -78,6 +82,7 @@ class BenchmarkSettings:
     large_seeds: tuple = (0, 1, 2, 3, 4)
     shots: int = 10
     image_size: int = 16
+    backbone: str = benchmark_backbones.LEGACY
     width: int = 16
     batch_size: int = 16
     few_shot_steps: int = 150
@@ -106,33 +111,38 @@ class BenchmarkSettings:
     def total_runs(self):
         return sum(len(self.seeds_of(cell[1])) for cell in self.cells())
 
+    @property
+    def model(self):
+        """`NAME@PIXELS` of the backbone, as records and tables name it."""
+        return f"{self.backbone}@{self.image_size}"
+
 
 def run_key(settings, task, regime, method, optimizer, seed):
     """The identity of one run: every setting that changes its result."""
-    return json.dumps(
-        {
-            "task": task,
-            "regime": regime,
-            "method": method,
-            "optimizer": optimizer,
-            "seed": seed,
-            "shots": settings.shots if regime == "few_shot" else None,
-            "image_size": settings.image_size,
-            "width": settings.width,
-            "batch_size": settings.batch_size,
-            "steps": settings.few_shot_steps if regime == "few_shot" else settings.large_steps,
-            # Unset when the steps are: runs of an epoch count keep the key they always had.
-            "epochs": settings.large_epochs
-            if regime == "large" and settings.large_steps is None
-            else None,
-            "source_epochs": settings.source_epochs,
-            # The gated methods' resolved settings: a change of wrap()'s defaults is a new run.
-            "variant": variant_key(settings.variant)
-            if method in ("adafilter", "stochastic", "block")
-            else {},
-        },
-        sort_keys=True,
-    )
+    key = {
+        "task": task,
+        "regime": regime,
+        "method": method,
+        "optimizer": optimizer,
+        "seed": seed,
+        "shots": settings.shots if regime == "few_shot" else None,
+        "image_size": settings.image_size,
+        "width": settings.width,
+        "batch_size": settings.batch_size,
+        "steps": settings.few_shot_steps if regime == "few_shot" else settings.large_steps,
+        # Unset when the steps are: runs of an epoch count keep the key they always had.
+        "epochs": settings.large_epochs
+        if regime == "large" and settings.large_steps is None
+        else None,
+        "source_epochs": settings.source_epochs,
+        # The gated methods' resolved settings: a change of wrap()'s defaults is a new run.
+        "variant": variant_key(settings.variant) if method in _GATED else {},
+    }
+    # The 0.1 tables' backbone keeps the keys its runs were recorded under.
+    if settings.backbone != benchmark_backbones.LEGACY:
+        key["backbone"] = settings.backbone
+        del key["width"]
+    return json.dumps(key, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +225,8 @@ class Benchmark:
     neither is part of a run's key, so give a run made with a hook its own `output_dir`.
 
     Args:
-        settings: A `BenchmarkSettings`.
+        settings: A `BenchmarkSettings`, or a suite: a sequence of them (one per backbone), run
+            in order into the same `runs.jsonl`.
         output_dir: Where `runs.jsonl`, the source backbones and the reports go.
         stream: Where progress is printed (default stdout): one line per run, redrawn in
             place on a terminal.
@@ -225,12 +236,25 @@ class Benchmark:
             (after the method is applied, before it is compiled or its weights are set), to
             change it in place. It must act the same on every call, as each seed's weights
             are copied from a model built afresh.
+
+    Raises:
+        ValueError: `stochastic_matched` is asked for without `adafilter`, whose gate rates it
+            draws at.
     """
 
     def __init__(
         self, settings, output_dir, stream=None, *, optimizer_factory=None, model_hook=None
     ):
-        self.settings = settings
+        self.suite = list(settings) if isinstance(settings, (list, tuple)) else [settings]
+        if not self.suite:
+            raise ValueError("A benchmark suite needs at least one BenchmarkSettings.")
+        self.settings = self.suite[0]
+        for each in self.suite:
+            if MATCHED in each.methods and "adafilter" not in each.methods:
+                raise ValueError(
+                    f"Method {MATCHED} draws random gates at the rates of the paired adafilter "
+                    "run: add adafilter to the methods."
+                )
         self.output_dir = pathlib.Path(output_dir)
         self.stream = stream or sys.stdout
         self.tty = getattr(self.stream, "isatty", lambda: False)()
@@ -249,60 +273,79 @@ class Benchmark:
                 records[record["key"]] = record
         return records
 
+    def total_runs(self):
+        """How many runs the suite holds."""
+        return sum(settings.total_runs() for settings in self.suite)
+
+    def keys(self):
+        """`(settings, cell, seed, key)` of every run of the suite, in run order."""
+        return [
+            (settings, cell, seed, run_key(settings, *cell, seed))
+            for settings in self.suite
+            for cell in settings.cells()
+            for seed in settings.seeds_of(cell[1])
+        ]
+
     def run(self):
-        """Runs what is missing; returns every record of `settings` (done before or now)."""
+        """Runs what is missing; returns every record of the suite (done before or now)."""
         with _deterministic():
             return self._run()
 
     def _run(self):
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        settings = self.settings
         done = self.done()
-        total = settings.total_runs()
-        finished = sum(
-            run_key(settings, *cell, seed) in done
-            for cell in settings.cells()
-            for seed in settings.seeds_of(cell[1])
-        )
+        keys = self.keys()
+        total = len(keys)
+        finished = sum(key in done for *_, key in keys)
         started, ran = time.time(), 0
         if finished:
             self._print(f"resuming: {finished} of {total} runs already in {self.results_path}")
-        for cell in settings.cells():
-            todo = [
-                seed
-                for seed in settings.seeds_of(cell[1])
-                if run_key(settings, *cell, seed) not in done
-            ]
-            if not todo:
-                continue
-            runner = _Cell(
-                settings,
-                self.output_dir,
-                *cell,
-                log=self._print,
-                optimizer_factory=self.optimizer_factory,
-                model_hook=self.model_hook,
-            )
-            for seed in todo:
-                label = "/".join(cell) + f"/seed{seed}"
-                record = runner.run(seed)
-                record["key"] = run_key(settings, *cell, seed)
-                with self.results_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                done[record["key"]] = record
-                finished, ran = finished + 1, ran + 1
-                elapsed = time.time() - started
-                left = elapsed / ran * (total - finished)
-                self._print(
-                    f"[{finished}/{total}] {label}: validation {100 * record['val_accuracy']:.1f} "
-                    f"%, test {100 * record['test_accuracy']:.1f} % ({record['seconds']:.0f} s; "
-                    f"{_clock(elapsed)} elapsed, about {_clock(left)} left)"
-                )
-        return [
-            done[run_key(settings, *cell, seed)]
-            for cell in settings.cells()
-            for seed in settings.seeds_of(cell[1])
-        ]
+        for settings in self.suite:
+            for cell in settings.cells():
+                todo = [
+                    seed
+                    for seed in settings.seeds_of(cell[1])
+                    if run_key(settings, *cell, seed) not in done
+                ]
+                if not todo:
+                    continue
+                runner = None
+                for seed in todo:
+                    if cell[2] == MATCHED:
+                        # One compiled model per seed: the rates are the seed's own.
+                        paired = run_key(settings, *cell[:2], "adafilter", cell[3], seed)
+                        runner = self._cell(settings, cell, matched_rates(done[paired]))
+                    elif runner is None:
+                        runner = self._cell(settings, cell)
+                    label = "/".join(cell) + f"/seed{seed}"
+                    if settings.backbone != benchmark_backbones.LEGACY:
+                        label = f"{settings.model}/{label}"
+                    record = runner.run(seed)
+                    record["key"] = run_key(settings, *cell, seed)
+                    with self.results_path.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    done[record["key"]] = record
+                    finished, ran = finished + 1, ran + 1
+                    elapsed = time.time() - started
+                    left = elapsed / ran * (total - finished)
+                    self._print(
+                        f"[{finished}/{total}] {label}: validation "
+                        f"{100 * record['val_accuracy']:.1f} %, test "
+                        f"{100 * record['test_accuracy']:.1f} % ({record['seconds']:.0f} s; "
+                        f"{_clock(elapsed)} elapsed, about {_clock(left)} left)"
+                    )
+        return [done[key] for *_, key in keys]
+
+    def _cell(self, settings, cell, random_rate=None):
+        return _Cell(
+            settings,
+            self.output_dir,
+            *cell,
+            log=self._print,
+            optimizer_factory=self.optimizer_factory,
+            model_hook=self.model_hook,
+            random_rate=random_rate,
+        )
 
     def trained(self, task, regime, method, optimizer, seeds):
         """Trains seeds of one cell as `run()` does, without recording them, to inspect the models.
@@ -368,6 +411,21 @@ def _deterministic():
             config.disable_op_determinism()
 
 
+def matched_rates(record, low=0.02, high=0.98):
+    """Per gated layer, the fine-tuned fraction the learned gates of `record` reached.
+
+    Read from the gate report of the last quarter of an `adafilter` run, clipped to
+    `[low, high]` (a layer whose learned gates all chose one branch is drawn at nearly that
+    rate, not exactly: `random_rate` is a probability in (0, 1)).
+    """
+    gates = record.get("gates")
+    if not gates:
+        raise ValueError(
+            f"Run {record.get('key', record)!r} has no gate report to match rates with."
+        )
+    return [min(high, max(low, float(layer["fraction_finetuned"]))) for layer in gates]
+
+
 def _clock(seconds):
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
@@ -424,9 +482,11 @@ class _Cell:
         log,
         optimizer_factory=default_optimizer,
         model_hook=None,
+        random_rate=None,
     ):
         self.settings = settings
         self.model_hook = model_hook
+        self.random_rate = random_rate
         self.task = task_data.load_task(task, settings.image_size)
         self.regime, self.method, self.optimizer_name = regime, method, optimizer
         self.source_weights = _source_backbone(settings, self.task, output_dir, log)
@@ -458,13 +518,23 @@ class _Cell:
     def _build(self, seed):
         keras.utils.set_random_seed(seed)
         size = self.settings.image_size
-        backbone = small_resnet((size, size, 3), width=self.settings.width, bn_momentum=BN_MOMENTUM)
+        backbone = _backbone(self.settings)
         backbone.load_weights(self.source_weights)
         inputs = keras.Input((size, size, 3), name="images")
         outputs = keras.layers.Dense(self.task.num_classes, name=HEAD)(backbone(inputs))
         model = keras.Model(inputs, outputs, name=f"{self.method}_{backbone.name}")
         gate_settings = dict(self.settings.variant)
-        model = apply_method(model, backbone, self.method, seed=seed, **gate_settings)
+        if self.method == MATCHED:
+            model = apply_method(
+                model,
+                backbone,
+                "stochastic",
+                seed=seed,
+                random_rate=self.random_rate,
+                **gate_settings,
+            )
+        else:
+            model = apply_method(model, backbone, self.method, seed=seed, **gate_settings)
         if self.model_hook is not None:
             self.model_hook(model, self.cell)
         return model
@@ -513,6 +583,10 @@ class _Cell:
             "steps": self.steps,
             "variant": settings.variant,
         }
+        if settings.backbone != benchmark_backbones.LEGACY:
+            record["backbone"] = settings.model
+        if self.method == MATCHED:
+            record["random_rate"] = self.random_rate
         record.update(self._score(validation, "val"))
         record.update(self._score(self.task.test, "test"))
         if controller is not None:
@@ -583,13 +657,18 @@ class _LateGateReport(keras.callbacks.Callback):
 def _source_backbone(settings, task, output_dir, log):
     """Pre-trains (once, then cached on disk) the backbone of `task`'s source."""
     size = settings.image_size
-    name = f"{task.source_name}_{size}px_w{settings.width}_e{settings.source_epochs}"
+    model = (
+        f"w{settings.width}"
+        if settings.backbone == benchmark_backbones.LEGACY
+        else settings.backbone
+    )
+    name = f"{task.source_name}_{size}px_{model}_e{settings.source_epochs}"
     path = pathlib.Path(output_dir) / "sources" / f"{name}.weights.h5"
     if path.exists():
         return path
     started = time.time()
     keras.utils.set_random_seed(0)
-    backbone = small_resnet((size, size, 3), width=settings.width, bn_momentum=BN_MOMENTUM)
+    backbone = _backbone(settings)
     inputs = keras.Input((size, size, 3))
     classes = int(task.source[1].max()) + 1
     model = keras.Model(inputs, keras.layers.Dense(classes)(backbone(inputs)))
@@ -618,3 +697,9 @@ def _source_backbone(settings, task, output_dir, log):
         f"({time.time() - started:.0f} s), cached in {path}"
     )
     return path
+
+
+def _backbone(settings):
+    return benchmark_backbones.BACKBONES[settings.backbone].build(
+        settings.image_size, settings.width
+    )
