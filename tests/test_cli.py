@@ -223,8 +223,8 @@ def test_benchmark_in_a_process_reports_recorded_runs(tmp_path):
                 method=method, seed=seed, test_accuracy=accuracy, val_accuracy=accuracy,
                 key=key)))  # fmt: skip
     (tmp_path / RESULTS).write_text("\n".join(lines) + "\n")
-    result = run_cli("benchmark", "--quick", "--backbones", settings.model,
-                     "--methods", "finetune", "adafilter", "--optimizers", "own", "--seeds", "0", "1",
+    result = run_cli("benchmark", "--quick", "--backbones", settings.model, "--methods",
+                     "finetune", "adafilter", "--optimizers", "own", "--seeds", "0", "1",
                      "--report-only", "--output-dir", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     # Differences +5 and +2 points: mean +3.5, half-width 12.706 * 2.121 / sqrt(2) = 19.06.

@@ -361,23 +361,22 @@ def test_documented_benchmark_command_resumes_its_committed_runs(command):
     """Run again, a documented benchmark command finds every run it names and runs nothing."""
     import json
 
-    from adafilter_keras.transfer.runs import run_key
+    from adafilter_keras.transfer.runs import Benchmark
 
     args = cli.build_parser().parse_args(shlex.split(command.text)[1:])
-    settings = transfer_command.settings_from(args)
+    benchmark = Benchmark(transfer_command.suite_from(args), ROOT / args.output_dir)
     runs = ROOT / args.output_dir / "runs.jsonl"
     if not runs.exists():
         command.fail(f"names {args.output_dir}, which has no committed runs.jsonl")
     done = {json.loads(line)["key"] for line in runs.read_text().splitlines() if line.strip()}
     missing = [
-        (cell, seed)
-        for cell in settings.cells()
-        for seed in settings.seeds_of(cell[1])
-        if run_key(settings, *cell, seed) not in done
+        (settings.model, cell, seed)
+        for settings, cell, seed, key in benchmark.keys()
+        if key not in done
     ]
     if missing:
         command.fail(
-            f"would run {len(missing)} of {settings.total_runs()} runs that "
+            f"would run {len(missing)} of {benchmark.total_runs()} runs that "
             f"{args.output_dir} does not hold (first: {missing[0]}); give the flags its runs "
             "were made with (e.g. --large-epochs 4 --large-seeds 0 1 2 3 4)"
         )

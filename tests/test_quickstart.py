@@ -23,10 +23,13 @@ def test_demo_preset_is_a_benchmark_preset_whose_runs_are_the_benchmarks():
     assert preset.optimizers == ("own",) and preset.seeds == (0, 1, 2)
     assert preset.methods == ("finetune", "feature_extraction", "l2sp", "stochastic", "adafilter")
     assert preset.total_runs() == 15 and set(preset.tasks) <= set(tasks.TASKS)
-    # Same run identity: a demo run is the benchmark's run of that cell and seed.
+    # Its backbone keeps its own BN momentum; a demo run is the benchmark's run of that backbone,
+    # cell and seed.
+    assert preset.backbone == "resnet16" and preset.image_size == 16
+    on_resnet16 = dataclasses.replace(full, backbone="resnet16")
     for method in preset.methods:
         assert run_key(preset, "digits", "few_shot", method, "own", 2) == run_key(
-            full, "digits", "few_shot", method, "own", 2
+            on_resnet16, "digits", "few_shot", method, "own", 2
         )
 
 

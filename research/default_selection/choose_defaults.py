@@ -39,13 +39,12 @@ def rank(records):
     for text in candidates:
         variant = json.loads(text)
         runs = [r for r in records if r["method"] == "adafilter" and r["variant"] == variant]
-        cells = [
-            c for c in report.compare(finetune + runs, METRIC) if c["method"] == "adafilter"
-        ]
+        cells = [c for c in report.compare(finetune + runs, METRIC) if c["method"] == "adafilter"]
         for optimizer in sorted({c["optimizer"] for c in cells}) + ["all"]:
             chosen = [c for c in cells if optimizer in ("all", c["optimizer"])]
             mean, interval = overall(chosen)
             worst = min(chosen, key=lambda c: c["worst"])
+            where = f"{worst['task']} {worst['optimizer']} seed {worst['worst_seed']}"
             below = _seeds_below(finetune, runs, optimizer)
             rows.append(
                 {
@@ -56,7 +55,7 @@ def rank(records):
                     "mean": mean,
                     "interval": interval,
                     "worst": worst["worst"],
-                    "worst_cell": f"{worst['task']} {worst['optimizer']} seed {worst['worst_seed']}",
+                    "worst_cell": where,
                     "seeds_below_3": below,
                     "cells_worse": sum(c["difference"] + c["interval"] < 0 for c in chosen),
                 }

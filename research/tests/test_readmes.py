@@ -16,7 +16,7 @@ import pytest
 
 from adafilter_keras import cli
 from adafilter_keras.transfer import command as transfer_command
-from adafilter_keras.transfer.runs import run_key
+from adafilter_keras.transfer.runs import Benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 READMES = sorted((ROOT / "research").glob("**/README.md"))
@@ -60,16 +60,15 @@ BENCHMARK_COMMANDS = [c for c in COMMANDS if c.text.startswith("adafilter-keras 
 @pytest.mark.parametrize("command", BENCHMARK_COMMANDS, ids=[c.where for c in BENCHMARK_COMMANDS])
 def test_documented_benchmark_command_finds_its_committed_runs(command):
     args = cli.build_parser().parse_args(shlex.split(command.text)[1:])
-    settings = transfer_command.settings_from(args)
+    benchmark = Benchmark(transfer_command.suite_from(args), ROOT / args.output_dir)
     runs = ROOT / args.output_dir / "runs.jsonl"
     if not runs.exists():
         command.fail(f"names {args.output_dir}, which has no committed runs.jsonl")
     done = {json.loads(line)["key"] for line in runs.read_text().splitlines() if line.strip()}
     missing = [
-        (cell, seed)
-        for cell in settings.cells()
-        for seed in settings.seeds_of(cell[1])
-        if run_key(settings, *cell, seed) not in done
+        (settings.model, cell, seed)
+        for settings, cell, seed, key in benchmark.keys()
+        if key not in done
     ]
     if missing:
         command.fail(f"would run {len(missing)} runs {args.output_dir} does not hold: {missing[0]}")
