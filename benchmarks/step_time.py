@@ -540,8 +540,9 @@ class _Parser(argparse.ArgumentParser):
         custom = [flag for name, flag in CUSTOM_FLAGS.items() if getattr(parsed, name) is not None]
         if parsed.models is not None and custom:
             self.error(
-                f"--models measures the preset models, and {', '.join(custom)} describe one "
-                "custom model instead: give --models or the custom model's flags, not both"
+                f"--models measures the preset models, and {' and '.join(custom)} "
+                f"describe{'s' if len(custom) == 1 else ''} one custom model instead: give "
+                "--models or the custom model's flags, not both"
             )
         return parsed, rest
 
