@@ -316,6 +316,7 @@ def test_every_script_can_be_checked(script):
         ("adafilter-keras benchmark --shots 0", "settings the code refuses"),
         ("python examples/train_dogs.py --no-such-flag", "does not parse"),
         ("python benchmarks/step_time.py --no-such-flag", "does not parse"),
+        ("python benchmarks/step_time.py --models small --batch-size 4", "not both"),
         ("python examples/no_such_script.py", "not a script"),
         ("rm -rf runs", "does not know"),
         ("pip install . && tox", "one command per line"),
