@@ -458,7 +458,7 @@ def _add_benchmark(commands):
     benchmark.add_argument(
         "--suite",
         choices=command.SUITES,
-        help="the suite to run (default: full)",
+        help="the suite to run (default: confirmation, the numbers the documentation reports)",
     )
     benchmark.add_argument(
         "--quick",

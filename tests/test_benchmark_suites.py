@@ -80,7 +80,9 @@ def test_suites_expand_into_one_settings_per_backbone_with_its_image_size():
     with pytest.raises(ValueError, match="names a backbone twice"):
         command.suite_from(_benchmark_args("--backbones", "plain@8", "plain@8"))
     # The 0.1 tables' preset still runs its one backbone.
-    (full,) = command.suite_from(_benchmark_args())
+    (full,) = command.suite_from(_benchmark_args("--suite", "full"))
+    # Without --suite: the confirmation suite, whose numbers the documentation reports.
+    assert command.suite_from(_benchmark_args()) == confirmation
     assert full.backbone == backbones.LEGACY
 
 

@@ -135,7 +135,7 @@ def test_presets_say_what_they_run_and_that_the_reported_numbers_are_the_benchma
 
 def test_a_script_gets_a_commands_flags_under_its_own_name():
     parser = cli.command_parser("benchmark", prog="benchmarks/transfer.py")
-    assert parser.format_usage().startswith("usage: benchmarks/transfer.py [-h] [--quick]")
+    assert parser.format_usage().startswith("usage: benchmarks/transfer.py [-h] [--suite")
     assert parser.parse_args(["--quick", "--seeds", "3"]).seeds == [3]
     with pytest.raises(ValueError, match="No command 'bench'. Commands: datasets, train"):
         cli.command_parser("bench")

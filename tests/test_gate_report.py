@@ -205,6 +205,8 @@ def test_models_saved_with_statistics_inside_still_load(name, step_count, tmp_pa
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
     controller = find_controller(model)
     assert controller.statistics_variables == []
+    # Saved before the gradient could be normalized: it is multiplied, as it was then.
+    assert controller.normalize_gradient is False and controller.gradient_scale == 300.0
     if step_count is None:
         assert controller.training_steps is None
     else:

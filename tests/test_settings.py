@@ -20,7 +20,7 @@ def test_defaults_are_the_recommended_ones_and_values_are_canonical():
         "policy": "learned",
         "random_rate": 0.5,
         "granularity": "filter",
-        "initial_rate": 0.5,
+        "initial_rate": 0.8,
         "gradient_scale": 300.0,
         "normalize_controller_gradient": False,
         "inference": "expected",
@@ -156,5 +156,8 @@ def test_layers_built_by_hand_with_their_defaults_behave_like_wraps():
             np.testing.assert_allclose(
                 to_numpy(hand_weight), to_numpy(wrapped_weight), rtol=1e-4, atol=1e-6
             )
-    moved = to_numpy(wrapped_controller.heads[0].bias)  # starts at logit(0.5) = 0
-    assert np.abs(moved).max() > 0, "the controller learned nothing: the check is vacuous"
+    start = np.log(ak.GateSettings().initial_rate / (1 - ak.GateSettings().initial_rate))
+    moved = to_numpy(wrapped_controller.heads[0].bias)  # starts at logit(initial_rate)
+    assert np.abs(moved - start).max() > 1e-6, (
+        "the controller learned nothing: the check is vacuous"
+    )

@@ -282,11 +282,12 @@ def test_source_model_flag_is_part_of_every_run_and_refuses_bad_values(
 
 def test_larger_regime_is_2000_steps_and_3_seeds_and_epoch_runs_keep_their_keys():
     parser = cli.command_parser("benchmark")
-    default = command.settings_from(parser.parse_args([]))
+    full = ["--suite", "full"]  # the preset with the larger regime (the 0.1 tables)
+    default = command.settings_from(parser.parse_args(full))
     assert default.large_steps == 2000 and default.large_seeds == (0, 1, 2)
     assert default.total_runs() == 288  # 180 few-shot + 108 larger
-    epochs = command.settings_from(parser.parse_args(["--large-epochs", "4"]))
-    longer = command.settings_from(parser.parse_args(["--large-steps", "3000"]))
+    epochs = command.settings_from(parser.parse_args([*full, "--large-epochs", "4"]))
+    longer = command.settings_from(parser.parse_args([*full, "--large-steps", "3000"]))
     assert epochs.large_steps is None and longer.large_steps == 3000
     # `--large-epochs 4` names the committed 4-epoch larger runs, as they were keyed.
     legacy = BenchmarkSettings()
@@ -319,9 +320,11 @@ def test_larger_run_trains_for_large_steps_whatever_the_task_size(tmp_path):
     assert records[0]["train_size"] > 3 * settings.batch_size  # fewer steps than one epoch
 
 
-def test_adam_is_an_investigation_optimizer_outside_the_default_pair():
+def test_adam_is_in_the_suites_and_outside_the_0_1_tables_pair():
     parser = cli.command_parser("benchmark")
-    assert "adam" not in command.settings_from(parser.parse_args([])).optimizers
+    assert "adam" not in command.settings_from(parser.parse_args(["--suite", "full"])).optimizers
+    for suite in ("selection", "confirmation"):
+        assert "adam" in command.settings_from(parser.parse_args(["--suite", suite])).optimizers
     chosen = command.settings_from(parser.parse_args(["--optimizers", "adam", "sgd"]))
     assert chosen.optimizers == ("adam", "sgd")
     with pytest.raises(SystemExit):

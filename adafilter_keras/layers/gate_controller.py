@@ -500,6 +500,12 @@ class GateController(keras.layers.Layer):
         if self.training_steps is not None:
             self.training_steps.assign(step_count)
 
+    @classmethod
+    def from_config(cls, config):
+        # A model saved before `normalize_gradient` existed multiplied the gradient by
+        # `gradient_scale`: it loads as it was saved, whatever today's default.
+        return super().from_config({"normalize_gradient": False, **config})
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -136,7 +136,7 @@ def run_key(settings, task, regime, method, optimizer, seed):
         else None,
         "source_epochs": settings.source_epochs,
         # The gated methods' resolved settings: a change of wrap()'s defaults is a new run.
-        "variant": variant_key(settings.variant) if method in _GATED else {},
+        "variant": variant_key(settings.variant, settings.backbone) if method in _GATED else {},
     }
     # The 0.1 tables' backbone keeps the keys its runs were recorded under.
     if settings.backbone != benchmark_backbones.LEGACY:
@@ -204,13 +204,29 @@ VARIANT_SETTINGS = {
 _LATER_SETTINGS = {"normalize_controller_gradient": False}
 
 
-def variant_key(variant):
+# The gate settings the 0.1 tables were made with where today's defaults differ: runs on their
+# backbone (`backbones.LEGACY`) are made with these unless the variant says otherwise, so that
+# those tables keep their keys and their numbers.
+LEGACY_GATES = {"initial_rate": 0.5}
+
+
+def gate_settings(variant, backbone=benchmark_backbones.LEGACY):
+    """The `wrap()` settings a gated run on `backbone` is made with: `variant` over its base.
+
+    The base is today's defaults, or `LEGACY_GATES` on the 0.1 tables' backbone.
+    """
+    base = LEGACY_GATES if backbone == benchmark_backbones.LEGACY else {}
+    return {**base, **variant}
+
+
+def variant_key(variant, backbone=benchmark_backbones.LEGACY):
     """The gate settings a gated run's key holds: `variant` over the defaults.
 
     Use it wherever a run's `key["variant"]` is compared with settings, so that the settings left
-    out of the key (`_LATER_SETTINGS`) compare alike.
+    out of the key (`_LATER_SETTINGS`) compare alike. `backbone` is the run's (the 0.1 tables'
+    backbone by default, whose runs the investigations in `research/` compare).
     """
-    resolved = {**VARIANT_SETTINGS, **variant}
+    resolved = {**VARIANT_SETTINGS, **gate_settings(variant, backbone)}
     return {
         name: value
         for name, value in resolved.items()
@@ -523,7 +539,7 @@ class _Cell:
         inputs = keras.Input((size, size, 3), name="images")
         outputs = keras.layers.Dense(self.task.num_classes, name=HEAD)(backbone(inputs))
         model = keras.Model(inputs, outputs, name=f"{self.method}_{backbone.name}")
-        gate_settings = dict(self.settings.variant)
+        gates = gate_settings(self.settings.variant, self.settings.backbone)
         if self.method == MATCHED:
             model = apply_method(
                 model,
@@ -531,10 +547,10 @@ class _Cell:
                 "stochastic",
                 seed=seed,
                 random_rate=self.random_rate,
-                **gate_settings,
+                **gates,
             )
         else:
-            model = apply_method(model, backbone, self.method, seed=seed, **gate_settings)
+            model = apply_method(model, backbone, self.method, seed=seed, **gates)
         if self.model_hook is not None:
             self.model_hook(model, self.cell)
         return model

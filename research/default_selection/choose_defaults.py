@@ -22,23 +22,38 @@ from adafilter_keras.transfer.runs import RESULTS
 METRIC = "val_accuracy"
 
 
+# The gate settings of the 0.1 tables, against which a candidate is named.
+BEFORE = {
+    "temperature": 1.0,
+    "pretrained_bn": "adapt",
+    "initial_rate": 0.5,
+    "gradient_scale": 300.0,
+    "inference": "expected",
+    "gate_warmup_steps": 0,
+    "normalize_controller_inputs": True,
+    "normalize_controller_gradient": False,
+}
+
+
 def label(variant):
-    """A candidate's name: its wrap() settings, or 'defaults'."""
-    if not variant:
-        return "defaults"
-    return ", ".join(f"{name}={value}" for name, value in sorted(variant.items()))
+    """A candidate's name: the settings of its run key that differ from `BEFORE`."""
+    changed = {
+        name: value for name, value in {**BEFORE, **variant}.items() if BEFORE.get(name) != value
+    }
+    if not changed:
+        return "0.1 defaults"
+    return ", ".join(f"{name}={value}" for name, value in sorted(changed.items()))
 
 
 def rank(records):
     """Per candidate and optimizer: mean ± interval over cells, worst seed, seeds below -3."""
     finetune = [r for r in records if r["method"] == "finetune"]
-    candidates = sorted(
-        {json.dumps(r["variant"], sort_keys=True) for r in records if r["method"] == "adafilter"}
-    )
+    gated = [r for r in records if r["method"] == "adafilter"]
+    candidates = sorted({json.dumps(_resolved(r), sort_keys=True) for r in gated})
     rows = []
     for text in candidates:
         variant = json.loads(text)
-        runs = [r for r in records if r["method"] == "adafilter" and r["variant"] == variant]
+        runs = [r for r in gated if _resolved(r) == variant]
         cells = [c for c in report.compare(finetune + runs, METRIC) if c["method"] == "adafilter"]
         for optimizer in sorted({c["optimizer"] for c in cells}) + ["all"]:
             chosen = [c for c in cells if optimizer in ("all", c["optimizer"])]
@@ -61,6 +76,12 @@ def rank(records):
                 }
             )
     return rows
+
+
+def _resolved(record):
+    # The settings the run was made with, as its key holds them (the flag's dict in
+    # `record["variant"]` is relative to the defaults of its day).
+    return json.loads(record["key"])["variant"]
 
 
 def _seeds_below(finetune, runs, optimizer, limit=report.WORST_SEED_LIMIT):

@@ -4,17 +4,18 @@
 # Usage: bash research/default_selection/run.sh [OUTPUT_DIR]
 set -euo pipefail
 out=${1:-research/default_selection/results}
-common=(--suite selection --methods finetune adafilter --optimizers sgd adam --output-dir "$out")
+common=(--suite selection --output-dir "$out")
+# Each candidate names every setting it changes from the 0.1 defaults (initial_rate 0.5,
+# gradient_scale 300, normalized inputs, gradient multiplied), so that the runs keep their keys
+# whatever wrap()'s defaults are now.
 candidates=(
-  '{}'
-  '{"normalize_controller_gradient": true, "gradient_scale": 0.3}'
-  '{"normalize_controller_gradient": true, "gradient_scale": 0.03}'
+  '{"initial_rate": 0.5}'
+  '{"initial_rate": 0.5, "normalize_controller_gradient": true, "gradient_scale": 0.3}'
+  '{"initial_rate": 0.5, "normalize_controller_gradient": true, "gradient_scale": 0.03}'
+  '{"initial_rate": 0.5, "normalize_controller_inputs": false}'
+  '{"initial_rate": 0.8}'
 )
 for candidate in "${candidates[@]}"; do
   echo "== candidate $candidate"
-  if [ "$candidate" = '{}' ]; then
-    adafilter-keras benchmark "${common[@]}"
-  else
-    adafilter-keras benchmark "${common[@]}" --wrap-settings "$candidate"
-  fi
+  adafilter-keras benchmark "${common[@]}" --wrap-settings "$candidate"
 done
