@@ -292,7 +292,6 @@ def _harness_fit_models(args, setting, folder, total_steps):
     them; the adafilter model counts its gate statistics (as `GateStatistics` makes it)."""
     import keras
 
-    from adafilter_keras import data
     from adafilter_keras.inspection import controller_or_none
     from adafilter_keras.training import runner
     from adafilter_keras.training.config import TrainConfig
@@ -314,17 +313,7 @@ def _harness_fit_models(args, setting, folder, total_steps):
         for method in METHODS
     }
     config = configs["finetune"]
-    loaded = data.load(
-        config.dataset,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        normalization=data.normalization_for(
-            "resnet" if config.backbone == "SmallResNet" else config.backbone
-        ),
-        cache=config.cache,
-    )
+    loaded = runner.load_data(config)
     # As train() with steps_per_epoch: one-hot labels, the pipeline repeated.
     train_data = runner._one_hot(loaded.train, loaded.num_classes).repeat()
     models = {}

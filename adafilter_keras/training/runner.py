@@ -67,22 +67,7 @@ def train(config, verbose="auto", callbacks=()):
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
-    dataset = data.load(
-        config.dataset,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        data_dir=config.data_dir,
-        shots_per_class=config.shots_per_class,
-        rest_as_test=config.rest_as_test,
-        normalization=data.normalization_for(
-            "resnet" if config.backbone == "SmallResNet" else config.backbone
-        ),
-        cache=config.cache,
-        test_fraction=config.test_fraction,
-        split=_read_split(split_path),
-    )
+    dataset = load_data(config, split=_read_split(split_path))
     say = print if verbose else lambda text: None
     for note in dataset.notes:
         say(f"note: {note}")
@@ -224,6 +209,34 @@ def _results(config, dataset, model, rows, monitor, gates, history, test_accurac
         "versions": versions(),
         "config": config.to_dict(),
     }
+
+
+def load_data(config, split=None):
+    """The dataset a run of `config` trains on: `data.load` with the config's settings.
+
+    Args:
+        config: A `TrainConfig`.
+        split: A recorded split to reuse (a resumed run), or None.
+
+    Returns:
+        What `data.load` returns.
+    """
+    return data.load(
+        config.dataset,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        shots_per_class=config.shots_per_class,
+        rest_as_test=config.rest_as_test,
+        normalization=data.normalization_for(
+            "resnet" if config.backbone == "SmallResNet" else config.backbone
+        ),
+        cache=config.cache,
+        test_fraction=config.test_fraction,
+        split=split,
+    )
 
 
 def split_digest(split):

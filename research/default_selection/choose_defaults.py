@@ -112,9 +112,20 @@ def markdown(rows):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def build_parser():
+    """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output_dir", nargs="?", default="research/default_selection/results")
+    parser.add_argument(
+        "output_dir",
+        nargs="?",
+        default="research/default_selection/results",
+        help="where run.sh wrote runs.jsonl (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     directory = pathlib.Path(args.output_dir)
     path = directory / RESULTS

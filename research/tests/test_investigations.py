@@ -23,6 +23,7 @@ RESEARCH = pathlib.Path(__file__).resolve().parents[1]
 # Each script, by the folder of the question it answers.
 SCRIPTS = {
     "adafilter_probes": "losing_cell",
+    "choose_defaults": "default_selection",
     "compare_variants": "controller_defaults",
     "finetuned_gradient": "finetuned_gradient",
     "gate_gradient": "gate_gradient",
@@ -482,3 +483,29 @@ def test_compare_variants_refuses_larger_runs_of_two_lengths(tmp_path):
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(SystemExit, match="different lengths"):
         script.main(["--output-dir", str(tmp_path), "--wrap-settings", '{"initial_rate": 0.7}'])
+
+
+def test_choose_defaults_ranks_candidates_by_their_seeds_below_fine_tuning():
+    choose = _script("choose_defaults")
+    records = []
+    for seed, (base, before, after) in enumerate([(0.90, 0.85, 0.89), (0.80, 0.82, 0.81)]):
+        for method, accuracy, variant in (
+            ("finetune", base, {}),
+            ("adafilter", before, {"initial_rate": 0.5}),
+            ("adafilter", after, {"initial_rate": 0.8}),
+        ):
+            key = {"variant": {**choose.BEFORE, **variant} if method == "adafilter" else {}}
+            records.append(
+                dict(task="classes", backbone="plain@16", regime="few_shot", optimizer="sgd",
+                     method=method, seed=seed, val_accuracy=accuracy, test_accuracy=0.0,
+                     key=json.dumps(key))
+            )  # fmt: skip
+    rows = {r["candidate"]: r for r in choose.rank(records) if r["optimizer"] == "all"}
+    assert set(rows) == {"0.1 defaults", "initial_rate=0.8"}
+    # 0.1 defaults: -5 and +2 points (one seed below -3); the candidate: -1 and +1.
+    assert (
+        rows["0.1 defaults"]["seeds_below_3"] == 1
+        and rows["initial_rate=0.8"]["seeds_below_3"] == 0
+    )
+    assert rows["0.1 defaults"]["worst"] == pytest.approx(-5.0)
+    assert rows["initial_rate=0.8"]["mean"] == pytest.approx(0.0)
