@@ -33,8 +33,10 @@ Two kinds of rows:
   weight decay, its loss, accuracy metric and `jit_compile`), and the adafilter model counts its
   gate statistics in every step, as the harness's `GateStatistics` callback makes it do.
   `training.train()` itself is not called: it builds and compiles a new model per call and ends
-  with an evaluation, so methods could not alternate. After one warm-up `fit` per method
-  (`--warmup` steps, compilation included), the methods take turns in short `fit` calls of
+  with an evaluation, so methods could not alternate. Each fresh model first runs one epoch of
+  `FIRST_EPOCH_STEPS` steps (a `fit` call timed whole: compilation, the first iterator over the
+  data and everything `fit` does first included; reported per step and against the steady
+  state, in a second table), then the methods take turns in short `fit` calls of
   `FIT_STEPS_PER_CALL` timed steps each until `--repeats` steps are timed per method; the first
   step of each call (a new iterator over the data) is not timed. A Keras callback times each
   step from the end of the previous step (the start of the first) to its end, so fetching the
@@ -102,6 +104,7 @@ CUSTOM_FLAGS = {
 }
 FIT_STEPS_PER_CALL = 5  # timed steps of each short `fit` call (the methods alternate between calls)
 FIT_UNTIMED_STEPS = 1  # steps at the start of each `fit` call not timed (a new data iterator)
+FIRST_EPOCH_STEPS = 15  # the first `fit` of each fresh model, timed whole (the harness's epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +338,8 @@ def _harness_fit_models(args, setting, folder, total_steps):
 
 
 def time_fit(args, setting):
-    """Returns the median seconds per `fit` step of each method, and the steps timed of each.
+    """Returns the median seconds per `fit` step of each method, the steps timed of each, and
+    the seconds per step of each method's first epoch.
 
     See the module docstring (`fit` rows) for what is timed and how the methods alternate.
     """
@@ -343,8 +347,7 @@ def time_fit(args, setting):
 
     per_call = min(FIT_STEPS_PER_CALL, args.repeats)
     calls = math.ceil(args.repeats / per_call)
-    warmup = max(args.warmup, 1)
-    total_steps = warmup + calls * (FIT_UNTIMED_STEPS + per_call)
+    total_steps = FIRST_EPOCH_STEPS + calls * (FIT_UNTIMED_STEPS + per_call)
     timers = {m: fit_step_timer(FIT_UNTIMED_STEPS) for m in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_image_folder(pathlib.Path(tmp), setting.image_size, setting.batch_size)
@@ -361,15 +364,17 @@ def time_fit(args, setting):
                 shuffle=False,
             )
 
-        for method in METHODS:  # compilation and warm-up
-            fit(method, warmup, timed=False)
+        first_epoch = {}
+        for method in METHODS:  # a fresh model's first epoch: compilation and warm-up included
+            start = time.perf_counter()
+            fit(method, FIRST_EPOCH_STEPS, timed=False)
+            first_epoch[method] = (time.perf_counter() - start) / FIRST_EPOCH_STEPS
         for _ in range(calls):
             for method in METHODS:
                 fit(method, FIT_UNTIMED_STEPS + per_call, timed=True)
     durations = {m: timer.durations for m, timer in timers.items()}
-    return {m: statistics.median(d) for m, d in durations.items()}, {
-        m: len(d) for m, d in durations.items()
-    }
+    medians = {m: statistics.median(d) for m, d in durations.items()}
+    return medians, {m: len(d) for m, d in durations.items()}, first_epoch
 
 
 def step_memory(model, x, y):
@@ -574,7 +579,11 @@ def build_parser():
         "--repeats", type=int, default=20, help="timed steps per method and kind (default 20)"
     )
     parser.add_argument(
-        "--warmup", type=int, default=3, help="untimed steps per method first (default 3)"
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed train_on_batch steps per method first (default 3); the fit rows start "
+        f"with a first epoch of {FIRST_EPOCH_STEPS} steps instead",
     )
     parser.add_argument("--dtype", default="float32", help="Keras dtype policy")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
@@ -637,9 +646,9 @@ def _flags(args):
     return flags + (["--no-memory"] if args.no_memory else []) + (["--profile"] * args.profile)
 
 
-def result_rows(setting, kind, medians, steps, dtype, memory=None, profiles=None):
+def result_rows(setting, kind, medians, steps, dtype, memory=None, profiles=None, first_epoch=None):
     """The rows of one model and kind: one per method, timed against `finetune`."""
-    memory, profiles = memory or {}, profiles or {}
+    memory, profiles, first_epoch = memory or {}, profiles or {}, first_epoch or {}
     rows = []
     for method in METHODS:
         record = memory.get(method, {})
@@ -663,10 +672,18 @@ def result_rows(setting, kind, medians, steps, dtype, memory=None, profiles=None
                 "held_memory_mb": None if held is None else held / 2**20,
                 "memory_vs_finetune": None if peak is None else peak / finetune_peak,
                 "memory_kind": record.get("kind"),
+                "first_epoch_ms_per_step": _ms_or_none(first_epoch.get(method)),
+                "first_epoch_vs_steady": None
+                if method not in first_epoch
+                else first_epoch[method] / medians[method],
                 "profile": profiles.get(method),
             }
         )
     return rows
+
+
+def _ms_or_none(seconds):
+    return None if seconds is None else 1000 * seconds
 
 
 def measure_train_on_batch(args, setting):
@@ -694,8 +711,8 @@ def measure(args):
         rows += measure_train_on_batch(args, setting)
         if fit_skipped is None:
             print(f"{setting.label}: fit ...", flush=True)
-            medians, steps = time_fit(args, setting)
-            rows += result_rows(setting, "fit", medians, steps, args.dtype)
+            medians, steps, first_epoch = time_fit(args, setting)
+            rows += result_rows(setting, "fit", medians, steps, args.dtype, first_epoch=first_epoch)
     return rows, fit_skipped
 
 
@@ -726,6 +743,25 @@ def print_table(rows, backend=False):
     kinds = dict.fromkeys(r["memory_kind"] for r in rows if r["memory_kind"])
     for kind in kinds:
         print(f"memory: {kind}")
+    first = [r for r in rows if r.get("first_epoch_ms_per_step") is not None]
+    if first:
+        print(
+            f"\nfirst epoch ({FIRST_EPOCH_STEPS} steps of `fit` on a fresh model, compilation "
+            "included) against the steady state"
+        )
+        print(f"{first_row_header(backend)}| model | method | first epoch ms/step | steady ms/step "
+              "| first epoch vs steady |")  # fmt: skip
+        print("|---" * (4 + backend) + "|---|")
+        for r in first:
+            print(
+                (f"| {r['backend']} " if backend else "")
+                + f"| {r['model']} | {r['method']} | {_ms(r['first_epoch_ms_per_step'])} "
+                f"| {_ms(r['ms_per_step'])} | {r['first_epoch_vs_steady']:.2f} |"
+            )
+
+
+def first_row_header(backend):
+    return "| backend " if backend else ""
 
 
 def main():

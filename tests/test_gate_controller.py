@@ -104,7 +104,10 @@ def test_statistics_start_and_stop_add_and_remove_their_variables(rng):
     _run_chain(controller, xs, training=False)
     controller.start_statistics()
     names = [w.name for w in controller.non_trainable_weights]
-    assert names == ["gate_sum_0", "gate_sum_1", "report_sums_0", "report_sums_1"]
+    # One variable for every layer's per-filter sums, one for every layer's report sums: two
+    # assignments per training step whatever the depth.
+    assert names == ["gate_sums", "report_sums"]
+    assert [tuple(w.shape) for w in controller.non_trainable_weights] == [(10,), (2, 4)]
     assert controller.statistics_variables == controller.non_trainable_weights
     controller.stop_statistics()
     assert controller.non_trainable_weights == [] and not controller.statistics_enabled
@@ -125,6 +128,48 @@ def test_statistics_accumulate_in_training_only_and_reset(rng):
         np.testing.assert_allclose(rate, np.concatenate([a, b]).mean(axis=0), rtol=1e-6)
     controller.reset_gate_statistics()
     assert all(np.isnan(r).all() for r in controller.gate_statistics())
+
+
+def _report_by_hand(gate, probability, inference):
+    """One layer's `gate_report` row from its training gates and probabilities (one batch)."""
+    decided = (probability > 0.5).mean(axis=0)
+    inferred = (probability > 0.5).astype("float32") if inference == "threshold" else probability
+    return {
+        "fraction_finetuned": gate.mean(),
+        "disagreement": (2 * decided * (1 - decided)).mean(),
+        "probability_spread": probability.std(axis=0).mean(),
+        "train_inference_agreement": 1 - np.abs(gate - inferred).mean(),
+    }
+
+
+@pytest.mark.parametrize("inference", ["expected", "threshold"])
+def test_statistics_of_all_layers_at_once_match_each_layer_by_hand(rng, inference):
+    # Without input normalization the training logits are the inference ones, so the "expected"
+    # inference gates are the probabilities the training gates were drawn with.
+    controller = _controller(inference=inference)
+    xs = [x.astype("float32") for x in _inputs(rng, batch=16)]
+    _run_chain(controller, xs, training=False)
+    reference = _controller(inference="expected")
+    _run_chain(reference, xs, training=False)
+    reference.set_weights(controller.get_weights())
+    controller.start_statistics()
+    probabilities = _run_chain(reference, xs, training=False)
+    gates = _run_chain(controller, xs, training=True)
+    for row, gate, probability in zip(controller.gate_report(), gates, probabilities, strict=True):
+        expected = _report_by_hand(gate, probability, inference)
+        assert row == pytest.approx(expected, abs=1e-5)
+
+
+def test_statistics_count_only_the_layers_a_pass_called(rng):
+    controller = _controller()
+    x0, x1 = (x.astype("float32") for x in _inputs(rng, batch=4))
+    _run_chain(controller, [x0, x1], training=False)
+    controller.start_statistics()
+    gate = to_numpy(controller(x1, index=1, training=True)[0])  # gated layer 0 skipped
+    first, second = controller.gate_statistics()
+    assert np.isnan(first).all() and first.shape == (4,)
+    np.testing.assert_allclose(second, gate.mean(axis=0), rtol=1e-6)
+    assert controller.gate_report()[1]["fraction_finetuned"] == pytest.approx(gate.mean())
 
 
 def test_config_round_trip():

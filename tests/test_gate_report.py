@@ -52,7 +52,7 @@ def test_fit_runs_no_instrument_and_leaves_no_statistics(rng):
     names = [w.name for w in controller.non_trainable_weights]
     assert set(names) <= {"moving_mean", "moving_variance"}, names
     assert controller.training_steps is None and not controller.statistics_enabled
-    assert not any("gate_sum" in v.path or "report_sums" in v.path for v in model.variables)
+    assert not any("gate_sums" in v.path or "report_sums" in v.path for v in model.variables)
 
 
 def test_the_warm_up_step_count_still_counts_and_forces_the_gates(rng):
@@ -177,7 +177,7 @@ def test_gate_statistics_callback_opts_in_for_its_fit_only(rng):
     # Off again afterwards: no statistics variables, and the next fit runs none.
     assert not controller.statistics_enabled and controller.statistics_variables == []
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    assert not any("gate_sum" in v.path for v in model.variables)
+    assert not any("gate_sums" in v.path for v in model.variables)
 
 
 def test_opted_in_statistics_count_every_training_example(rng):
@@ -186,8 +186,8 @@ def test_opted_in_statistics_count_every_training_example(rng):
     controller = find_controller(model)
     controller.start_statistics()
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    sums = [to_numpy(v) for v in controller.statistics_variables]
-    assert [s[0] for s in sums[2:]] == [16.0, 16.0]  # examples seen by each gated layer
+    _, report_sums = (to_numpy(v) for v in controller.statistics_variables)
+    assert report_sums[:, 0].tolist() == [16.0, 16.0]  # examples seen by each gated layer
     rates = controller.gate_statistics()
     assert [r.shape for r in rates] == [(4,), (6,)]
     assert all(((r >= 0) & (r <= 1)).all() and (r * 16 == np.round(r * 16)).all() for r in rates)

@@ -144,8 +144,9 @@ def test_fit_rows_follow_the_train_on_batch_rows_timed_against_their_own_finetun
     step = {"finetune": 0.1, "adafilter": 0.2, "feature_extraction": 0.05}
     monkeypatch.setattr(step_time, "time_methods", lambda args, setting: (step, {}, {}))
     fit_step = {m: 2 * seconds for m, seconds in step.items()}
+    first = {m: 3 * seconds for m, seconds in fit_step.items()}
     monkeypatch.setattr(
-        step_time, "time_fit", lambda args, setting: (fit_step, dict.fromkeys(step, 7))
+        step_time, "time_fit", lambda args, setting: (fit_step, dict.fromkeys(step, 7), first)
     )
     rows, skipped = step_time.measure(parse("--no-memory"))
     assert skipped is None
@@ -164,6 +165,11 @@ def test_fit_rows_follow_the_train_on_batch_rows_timed_against_their_own_finetun
     table = capsys.readouterr().out
     assert "| model | kind | method | ms/step | img/s | time vs finetune |" in table
     assert "| ResNet50 64 px, batch 8 | fit | adafilter | 400 | 20.0 | 2.00 | - | - | - |" in table
+    # The first epoch of each fit model, against its own steady state; none for train_on_batch.
+    assert fit["adafilter"]["first_epoch_ms_per_step"] == pytest.approx(1200)
+    assert fit["adafilter"]["first_epoch_vs_steady"] == pytest.approx(3.0)
+    assert rows[0]["first_epoch_vs_steady"] is None
+    assert "| ResNet50 64 px, batch 8 | adafilter | 1200 | 400 | 3.00 |" in table
 
 
 # (c) the fit timing callback
@@ -222,7 +228,9 @@ def test_time_fit_times_the_harness_steps_of_every_method():
         pytest.skip("the harness's input pipeline needs TensorFlow")
     args = parse(*TINY)
     setting = step_time.model_settings(args)[0]
-    medians, steps = step_time.time_fit(args, setting)
-    assert set(medians) == set(step_time.METHODS)
+    medians, steps, first_epoch = step_time.time_fit(args, setting)
+    assert set(medians) == set(step_time.METHODS) == set(first_epoch)
     assert steps == dict.fromkeys(step_time.METHODS, 2)
     assert all(seconds > 0 for seconds in medians.values())
+    # The first epoch includes compilation: slower per step than the steady state.
+    assert all(first_epoch[m] > medians[m] for m in step_time.METHODS)

@@ -83,6 +83,31 @@ def test_l2_weight_decay_is_added_to_kernel_gradients_only():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), 2.0)
 
 
+def test_momentum_updates_follow_the_rule_with_multipliers_decay_and_schedule():
+    # On PyTorch the update runs as one `torch._foreach` step for all variables; on every
+    # backend it is SGD with momentum on the scaled, decayed gradients.
+    start = {"head_kernel": np.ones((2, 2)), "conv_bias": np.full((3,), 2.0)}
+    variables = [keras.Variable(v, name=name, dtype="float32") for name, v in start.items()]
+    schedule = WarmupDecay(0.1, total_steps=10, warmup_steps=2)
+    optimizer = SGDWithMultipliers(
+        schedule, momentum=0.9, weight_decay_l2=0.01, multipliers={"head": 10.0}
+    )
+    rng = np.random.default_rng(0)
+    expected = {name: v.astype("float64") for name, v in start.items()}
+    momenta = {name: 0.0 for name in start}
+    for step in range(4):
+        grads = [rng.normal(size=v.shape).astype("float32") for v in start.values()]
+        optimizer.apply(grads, variables)
+        rate = float(keras.ops.convert_to_numpy(schedule(step)))
+        for (name, value), grad in zip(expected.items(), grads, strict=True):
+            scaled = grad + (0.01 * value if value.ndim >= 2 else 0.0)
+            scaled = scaled * (10.0 if name == "head_kernel" else 1.0)
+            momenta[name] = 0.9 * momenta[name] - rate * scaled
+            expected[name] = value + momenta[name]
+    for variable, value in zip(variables, expected.values(), strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), value, rtol=1e-5)
+
+
 def test_warmup_then_cosine_and_step_schedules():
     cosine = WarmupDecay(1.0, total_steps=110, warmup_steps=10, kind="cosine")
     value = lambda schedule, step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731

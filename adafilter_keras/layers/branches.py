@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from adafilter_keras.layers.casting import cast
+
 
 def mix_branches(pretrained, finetuned, gate):
     """Per example and per channel, picks the fine-tuned branch where `gate` is 1.
@@ -19,9 +21,7 @@ def mix_branches(pretrained, finetuned, gate):
         training step at batch 8, 224x224). A 0 gate returns `pretrained` bit for bit, a 1 gate
         `finetuned` up to one rounding.
     """
-    gate = ops.cast(gate, pretrained.dtype)
-    for _ in range(len(pretrained.shape) - 2):
-        gate = ops.expand_dims(gate, axis=1)
+    gate = _broadcastable(cast(gate, pretrained.dtype), pretrained)
     return pretrained + gate * (finetuned - pretrained)
 
 
@@ -48,16 +48,27 @@ def mix_normalized(pretrained, finetuned, pretrained_affine, finetuned_affine, g
         pretrained_affine,
         finetuned_affine,
     )
-    gate = ops.cast(gate, pretrained.dtype)
+    gate = cast(gate, pretrained.dtype)
     coefficients = (
         (1.0 - gate) * pretrained_scale,
         gate * finetuned_scale,
         pretrained_offset + gate * (finetuned_offset - pretrained_offset),
     )
-    for _ in range(len(pretrained.shape) - 2):
-        coefficients = tuple(ops.expand_dims(c, axis=1) for c in coefficients)
-    pretrained_coefficient, finetuned_coefficient, offset = coefficients
+    pretrained_coefficient, finetuned_coefficient, offset = (
+        _broadcastable(c, pretrained) for c in coefficients
+    )
     return pretrained * pretrained_coefficient + finetuned * finetuned_coefficient + offset
+
+
+def _broadcastable(values, branch):
+    """`values`, shape `(batch, channels)`, reshaped to broadcast over `branch`'s spatial axes.
+
+    One reshape: each `expand_dims` is an operation of its own on an eager backend.
+    """
+    spatial = len(branch.shape) - 2
+    if spatial == 0:
+        return values
+    return ops.reshape(values, (-1, *([1] * spatial), values.shape[-1]))
 
 
 def check_gate(gate_shape, filters, layer_name):

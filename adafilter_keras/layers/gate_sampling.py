@@ -2,6 +2,8 @@
 
 from keras import ops, random
 
+from adafilter_keras.layers.casting import cast
+
 _EPSILON = 1e-6
 
 INFERENCE_RULES = ("expected", "threshold")
@@ -9,7 +11,7 @@ INFERENCE_RULES = ("expected", "threshold")
 
 def gate_probability(logits):
     """The probability that a training gate is 1: `sigmoid(logits)` (logistic noise, see below)."""
-    return ops.sigmoid(ops.cast(logits, "float32"))
+    return ops.sigmoid(cast(logits, "float32"))
 
 
 def sample_gates(logits, *, temperature, seed, training, inference="expected"):
@@ -40,7 +42,7 @@ def sample_gates(logits, *, temperature, seed, training, inference="expected"):
         A float32 tensor of the logits' shape. In training its forward values are exactly 0.0 or
         1.0; at inference they are in [0, 1] (`"expected"`) or exactly 0.0 or 1.0.
     """
-    logits = ops.cast(logits, "float32")
+    logits = cast(logits, "float32")
     if not training:
         if inference == "threshold":
             return ops.cast(logits > 0, "float32")
@@ -49,7 +51,7 @@ def sample_gates(logits, *, temperature, seed, training, inference="expected"):
         ops.shape(logits), minval=_EPSILON, maxval=1.0 - _EPSILON, dtype="float32", seed=seed
     )
     noisy = logits + ops.log(uniform) - ops.log1p(-uniform)
-    soft = ops.sigmoid(noisy / temperature)
+    soft = ops.sigmoid(noisy if temperature == 1.0 else noisy / temperature)
     hard = ops.cast(noisy > 0, "float32")
     # `soft - stop_gradient(soft)` is exactly 0.0 forward: the forward value is `hard` bit for bit.
     return hard + (soft - ops.stop_gradient(soft))

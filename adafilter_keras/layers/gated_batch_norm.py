@@ -1,11 +1,12 @@
 """GatedBatchNorm: one batch normalization per branch of an AdaFilterConv2D, mixed by the gate."""
 
 import keras
-from keras import backend, initializers, ops, regularizers
+from keras import initializers, ops, regularizers
 
 from adafilter_keras import validation
 from adafilter_keras.layers import settings as gate_settings
 from adafilter_keras.layers.branches import check_gate, mix_normalized
+from adafilter_keras.layers.casting import cast, normalization_dtype
 from adafilter_keras.layers.copying import assign_copy
 
 PRETRAINED_BRANCH_MODES = gate_settings.PRETRAINED_BRANCH_MODES
@@ -219,9 +220,7 @@ class GatedBatchNorm(keras.layers.Layer):
         *branches, gate = self._unpack(inputs)
         check_gate(gate.shape, self.filters, self.name)
         # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
-        branches = [
-            ops.cast(values, backend.result_type(values.dtype, "float32")) for values in branches
-        ]
+        branches = [cast(values, normalization_dtype(values.dtype)) for values in branches]
         # Each branch's normalization as a per-channel affine map, mixed with the branches in one
         # pass (`mix_normalized`). Each has its own statistics: the frozen branch then needs no
         # batch moments at all.
@@ -229,33 +228,32 @@ class GatedBatchNorm(keras.layers.Layer):
             self._affine(branch, values, training)
             for branch, values in zip(("pretrained", "finetuned"), branches, strict=True)
         ]
-        return ops.cast(mix_normalized(*branches, *affines, gate), self.compute_dtype)
+        return cast(mix_normalized(*branches, *affines, gate), self.compute_dtype)
 
     def _affine(self, branch, values, training):
         """Per-channel `(scale, offset)`: normalized, the branch is `values * scale + offset`."""
-        dtype = values.dtype
-        mean = ops.cast(getattr(self, f"{branch}_moving_mean"), dtype)
-        variance = ops.cast(getattr(self, f"{branch}_moving_variance"), dtype)
+        dtype = keras.backend.standardize_dtype(values.dtype)
+        mean = cast(getattr(self, f"{branch}_moving_mean"), dtype)
+        variance = cast(getattr(self, f"{branch}_moving_variance"), dtype)
         batch_statistics = branch == "finetuned" or self.pretrained_branch == "adapt"
         if training and self.trainable and batch_statistics:
             mean, variance = ops.moments(values, axes=list(range(len(values.shape) - 1)))
             self._update_statistics(branch, mean, variance)
-        scale = ops.rsqrt(variance + ops.cast(self.epsilon, dtype))
+        scale = ops.rsqrt(variance + self.epsilon)
         gamma = getattr(self, f"{branch}_gamma", None)
         if gamma is not None:
-            scale = scale * ops.cast(gamma, dtype)
+            scale = scale * cast(gamma, dtype)
         offset = -mean * scale
         beta = getattr(self, f"{branch}_beta", None)
         if beta is not None:
-            offset = offset + ops.cast(beta, dtype)
+            offset = offset + cast(beta, dtype)
         return scale, offset
 
     def _update_statistics(self, branch, batch_mean, batch_variance):
         for name, batch_value in zip(_STATISTICS, (batch_mean, batch_variance), strict=True):
             statistic = getattr(self, f"{branch}_{name}")
             statistic.assign(
-                statistic * self.momentum
-                + ops.cast(batch_value, statistic.dtype) * (1 - self.momentum)
+                statistic * self.momentum + cast(batch_value, statistic.dtype) * (1 - self.momentum)
             )
 
     def compute_output_shape(self, input_shape):

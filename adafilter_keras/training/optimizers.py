@@ -7,6 +7,13 @@ import keras
 from keras import ops
 
 
+def torch_no_grad():
+    """`torch.no_grad()` (PyTorch imported only when this backend runs)."""
+    import torch
+
+    return torch.no_grad()
+
+
 @keras.saving.register_keras_serializable(package="adafilter_keras")
 class SGDWithMultipliers(keras.optimizers.SGD):
     """SGD with momentum where groups of variables train at multiples of the learning rate.
@@ -32,13 +39,16 @@ class SGDWithMultipliers(keras.optimizers.SGD):
         self.weight_decay_l2 = float(weight_decay_l2)
         self.multipliers = dict(multipliers or {})
         self._patterns = [(re.compile(p), float(m)) for p, m in self.multipliers.items()]
+        self._multipliers = {}  # by variable path: matched once, not at every step
 
     def multiplier_for(self, variable):
         """The learning-rate multiplier of `variable`."""
-        for pattern, multiplier in self._patterns:
-            if pattern.search(variable.path):
-                return multiplier
-        return 1.0
+        path = variable.path
+        if path not in self._multipliers:
+            self._multipliers[path] = next(
+                (m for pattern, m in self._patterns if pattern.search(path)), 1.0
+            )
+        return self._multipliers[path]
 
     def apply(self, grads, trainable_variables=None):
         variables = (
@@ -60,6 +70,17 @@ class SGDWithMultipliers(keras.optimizers.SGD):
                     grad = grad * ops.cast(multiplier, grad.dtype)
             scaled.append(grad)
         return super().apply(scaled, trainable_variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() != "torch":
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        # Keras gives its own SGD on PyTorch one `torch._foreach` update for all variables, but
+        # a subclass gets the generic one: a handful of operations per variable, most of an
+        # eager step's optimizer time for a gated model's many variables. The same update:
+        from keras.src.backend.torch.optimizers.torch_sgd import SGD as TorchSGD
+
+        with torch_no_grad():
+            TorchSGD._parallel_update_step(self, grads, trainable_variables, learning_rate)
 
     def get_config(self):
         config = super().get_config()
