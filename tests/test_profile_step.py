@@ -98,8 +98,6 @@ def test_a_real_profile_counts_the_gated_model_s_second_convolution():
         built.train_on_batch(x, y)
         ops = profile_step.profile(built, x, y, steps=2)
         assert ops and all(seconds >= 0 and count > 0 for seconds, count in ops.values())
-        calls[wrapped] = sum(
-            count for name, (_, count) in ops.items() if "conv" in name.lower()
-        )
+        calls[wrapped] = sum(count for name, (_, count) in ops.items() if "conv" in name.lower())
     # Two convolutions forward (and one more input gradient) where fine-tuning has one.
     assert calls[True] > calls[False] > 0

@@ -77,10 +77,10 @@ class SGDWithMultipliers(keras.optimizers.SGD):
         # Keras gives its own SGD on PyTorch one `torch._foreach` update for all variables, but
         # a subclass gets the generic one: a handful of operations per variable, most of an
         # eager step's optimizer time for a gated model's many variables. The same update:
-        from keras.src.backend.torch.optimizers.torch_sgd import SGD as TorchSGD
+        from keras.src.backend.torch.optimizers import torch_sgd
 
         with torch_no_grad():
-            TorchSGD._parallel_update_step(self, grads, trainable_variables, learning_rate)
+            torch_sgd.SGD._parallel_update_step(self, grads, trainable_variables, learning_rate)
 
     def get_config(self):
         config = super().get_config()
