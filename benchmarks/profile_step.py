@@ -19,8 +19,17 @@ own profiler:
 Every op's self time (its time minus the time of the ops it contains) is summed per op name over
 the profiled steps and divided by their number. For each model the script prints a Markdown table
 of the `--top` op names by AdaFilter's extra time over fine-tuning (ms per step and calls per step
-of each method), then the totals, and writes the same figures as JSON: `{"machine", "settings",
-"models": [{"model", "ops": [...], "totals": {...}}]}`.
+of each method), then the totals. Where the runtime runs ops side by side (XLA on a CPU), their
+self times add up to more than the step's wall time.
+
+Then, unless `--no-ablations`, the parts of a gated layer are timed by taking them away: median
+ms of `--repeats` alternating `train_on_batch` steps of `finetune`, `adafilter`, `adafilter`
+with random gates (`policy="random"`: no controller, no gate network to train) and `adafilter`
+with a frozen pre-trained branch normalization (`pretrained_bn="frozen"`: no batch moments for
+that branch), each against fine-tuning.
+
+Writes the same figures as JSON: `{"machine", "settings", "models": [{"model", "ops": [...],
+"totals": {...}, "ablations": {...}}]}`.
 """
 
 import argparse
@@ -28,6 +37,7 @@ import collections
 import json
 import pathlib
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +47,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import step_time  # noqa: E402  (the benchmark's models, batches and presets)
 
 PROFILED = ("finetune", "adafilter")
+# The ablations: `wrap()` settings that take one part of a gated layer away.
+ABLATIONS = {
+    "adafilter": {},
+    "random_gates": {"policy": "random"},
+    "frozen_pretrained_bn": {"pretrained_bn": "frozen"},
+}
 
 
 def profile(model, x, y, steps):
@@ -84,7 +100,8 @@ def _torch_profile(model, x, y, steps):
 # Names of host events that are not ops: the profiler's and runtime's own spans.
 _NOT_OPS = re.compile(r"^(\$|TfrtModePjRt|PjitFunction|ThunkExecutor|Execute|ExecuteHelper|"
                       r"EagerExecute|EagerLocalExecute|ExecutorState|FunctionRun|__inference_|"
-                      r"ProcessFunctionLibraryRuntime|MemoryAllocation|PjRt)")  # fmt: skip
+                      r"ProcessFunctionLibraryRuntime|MemoryAllocation|PjRt|CommonPjRt|"
+                      r"KernelAndDevice|one_step_on_data$|EagerCopyToDevice$)")  # fmt: skip
 
 
 def op_name(name, backend):
@@ -141,6 +158,41 @@ def _close(stack):
     return name, max(end - start - children, 0)
 
 
+def ablations(setting, repeats):
+    """Median seconds of alternating `train_on_batch` steps of fine-tuning and each ablation."""
+    import keras
+
+    import adafilter_keras as ak
+
+    x, y = step_time.batch(setting.batch_size, setting.image_size)
+    models = {"finetune": step_time.build("finetune", setting.backbone, setting.image_size)}
+    for name, changes in ABLATIONS.items():
+        model = step_time.build("finetune", setting.backbone, setting.image_size)
+        model = ak.wrap(model, seed=0, **changes)
+        model.compile(  # as step_time.build compiles
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        models[name] = model
+    for model in models.values():
+        _steps(model, x, y, 3)
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            _steps(model, x, y, 1)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_ablations(label, medians):
+    print(f"\n{label}: train_on_batch without a part of the gated layers")
+    print("| variant | ms/step | vs finetune |")
+    print("|---|---|---|")
+    for name, seconds in medians.items():
+        print(f"| {name} | {1000 * seconds:.1f} | {seconds / medians['finetune']:.2f} |")
+
+
 def compare(profiles, steps):
     """The rows of one model: per op name, each method's ms and calls per step, sorted by
     AdaFilter's extra time; and the totals per method."""
@@ -192,6 +244,15 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=5, help="profiled steps (default 5)")
     parser.add_argument("--top", type=int, default=20, help="op names shown (default 20)")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="alternating steps per ablation (default 20)",
+    )
+    parser.add_argument(
+        "--no-ablations", action="store_true", help="profile only; time no ablation"
+    )
+    parser.add_argument(
         "--output",
         type=pathlib.Path,
         help="the JSON file (default benchmarks/results/profile_step_<backend>.json)",
@@ -201,8 +262,8 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    if args.steps < 1 or args.top < 1:
-        raise SystemExit("--steps and --top must be at least 1")
+    if min(args.steps, args.top, args.repeats) < 1:
+        raise SystemExit("--steps, --top and --repeats must be at least 1")
     import adafilter_keras  # noqa: F401  (first: Keras imported with TensorFlow's lines filtered)
 
     # isort: split
@@ -214,7 +275,12 @@ def main():
     )
     report = {
         "machine": step_time.machine_facts(),
-        "settings": {"models": args.models, "steps": args.steps, "top": args.top},
+        "settings": {
+            "models": args.models,
+            "steps": args.steps,
+            "top": args.top,
+            "repeats": None if args.no_ablations else args.repeats,
+        },
         "models": [],
     }
     for name in args.models:
@@ -230,7 +296,17 @@ def main():
             print(f"  {method}: {time.perf_counter() - start:.1f} s profiled", flush=True)
         rows, totals = compare(profiles, args.steps)
         print_rows(f"{backend}, {setting.label}", rows[: args.top], totals)
-        report["models"].append({"model": setting.label, "ops": rows, "totals": totals})
+        # The JSON keeps the 50 ops of most extra time (the table shows --top of them).
+        record = {"model": setting.label, "ops": rows[:50], "totals": totals}
+        if not args.no_ablations:
+            print(f"{setting.label}: timing the ablations ...", flush=True)
+            medians = ablations(setting, args.repeats)
+            print_ablations(f"{backend}, {setting.label}", medians)
+            record["ablations"] = {
+                name: {"ms_per_step": 1000 * seconds, "vs_finetune": seconds / medians["finetune"]}
+                for name, seconds in medians.items()
+            }
+        report["models"].append(record)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {output}")

@@ -4,6 +4,7 @@ import pytest
 from support import to_numpy
 
 from adafilter_keras import GatedBatchNorm
+from adafilter_keras.layers.casting import cast, normalization_dtype
 
 EPSILON = 1e-3
 
@@ -185,3 +186,18 @@ def test_bad_inputs_are_refused(rng):
         GatedBatchNorm()([branch, np.zeros((2, 3, 3, 5), "float32"), np.zeros((2, 4), "float32")])
     with pytest.raises(ValueError, match=r"called on a list \[pretrained, finetuned, gate\]"):
         GatedBatchNorm()([branch, np.zeros((2, 4), "float32")])
+
+
+def test_a_cast_to_the_dtype_a_tensor_has_is_no_operation():
+    x = keras.ops.ones((2, 3), dtype="float32")
+    assert cast(x, "float32") is x
+    array = np.ones((2, 3), "float32")  # not a backend tensor: converted, as `ops.cast` does
+    assert keras.ops.is_tensor(cast(array, "float32"))
+    halved = cast(x, "float16")
+    assert keras.backend.standardize_dtype(halved.dtype) == "float16"
+    assert [normalization_dtype(d) for d in ("float16", "bfloat16", "float32", "float64")] == [
+        "float32",
+        "float32",
+        "float32",
+        "float64",
+    ]

@@ -101,3 +101,10 @@ def test_a_real_profile_counts_the_gated_model_s_second_convolution():
         calls[wrapped] = sum(count for name, (_, count) in ops.items() if "conv" in name.lower())
     # Two convolutions forward (and one more input gradient) where fine-tuning has one.
     assert calls[True] > calls[False] > 0
+
+
+def test_ablations_time_fine_tuning_and_every_variant():
+    setting = profile_step.step_time.ModelSetting("tiny", "SmallResNet", 16, 2)
+    medians = profile_step.ablations(setting, repeats=2)
+    assert list(medians) == ["finetune", *profile_step.ABLATIONS]
+    assert all(seconds > 0 for seconds in medians.values())

@@ -108,6 +108,18 @@ def test_momentum_updates_follow_the_rule_with_multipliers_decay_and_schedule():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), value, rtol=1e-5)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's one-for-all update")
+def test_on_pytorch_the_update_is_one_step_for_all_variables(monkeypatch):
+    # Not the generic update, which runs a handful of operations for each variable.
+    monkeypatch.setattr(
+        SGDWithMultipliers, "update_step", lambda *a: pytest.fail("per-variable update")
+    )
+    variables = [keras.Variable(np.ones((2, 2)), name="k"), keras.Variable(np.ones(3), name="b")]
+    optimizer = SGDWithMultipliers(0.1, momentum=0.9)
+    optimizer.apply([np.ones((2, 2), "float32"), np.ones(3, "float32")], variables)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(variables[1]), 0.9, rtol=1e-6)
+
+
 def test_warmup_then_cosine_and_step_schedules():
     cosine = WarmupDecay(1.0, total_steps=110, warmup_steps=10, kind="cosine")
     value = lambda schedule, step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731

@@ -5,14 +5,15 @@ from keras import ops
 
 
 def cast(x, dtype):
-    """`ops.cast(x, dtype)`, or `x` itself when it already has `dtype`.
+    """`ops.cast(x, dtype)`, or `x` itself when it is a backend tensor or variable of `dtype`.
 
     The values are the same either way; an eager backend (PyTorch) then dispatches no operation
     for the many casts of a gated layer that are no-ops in float32.
     """
-    if keras.backend.standardize_dtype(x.dtype) == dtype:
+    is_backend_value = ops.is_tensor(x) or isinstance(x, keras.Variable)
+    if is_backend_value and keras.backend.standardize_dtype(x.dtype) == dtype:
         return x
-    return ops.cast(x, dtype)
+    return ops.cast(x, dtype)  # also turns NumPy arrays into backend tensors
 
 
 def normalization_dtype(dtype):
