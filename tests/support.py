@@ -1,7 +1,9 @@
 """Helpers shared by the tests: a hand-built AdaFilter CNN, NumPy references and gradients."""
 
 import dataclasses
+import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -256,3 +258,16 @@ def tiny_benchmark(**changes):
         source_epochs=1,
     )
     return dataclasses.replace(settings, **changes)
+
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name):
+    """Imports `benchmarks/<name>.py` as a module (the scripts measure only as `__main__`)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # a script may import another beside it
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,27 +1,12 @@
 """benchmarks/profile_step.py: self times from nested profiler events, op names per backend, the
 comparison table, and one real profile of a tiny model. Nothing here is a timing."""
 
-import importlib.util
-import pathlib
-import sys
-
 import keras
 import numpy as np
 import pytest
+from support import load_benchmark
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _load_script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports step_time beside it
-    path = ROOT / "benchmarks" / "profile_step.py"
-    spec = importlib.util.spec_from_file_location("_benchmark_profile_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # runs nothing: the script profiles only as __main__
-    return module
-
-
-profile_step = _load_script()
+profile_step = load_benchmark("profile_step")
 
 
 def test_self_time_is_the_duration_less_the_nested_events():

@@ -7,21 +7,13 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+from support import load_benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--backbone", "SmallResNet", "--image-size", "16", "--batch-size", "2"]
 TINY += ["--repeats", "2", "--warmup", "1", "--no-memory"]
 
-
-def _load_script():
-    path = ROOT / "benchmarks" / "step_time.py"
-    spec = importlib.util.spec_from_file_location("_benchmark_step_time", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # runs nothing: the script measures only as __main__
-    return module
-
-
-step_time = _load_script()
+step_time = load_benchmark("step_time")
 
 
 def parse(*argv):
