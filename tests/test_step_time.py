@@ -2,14 +2,12 @@
 TensorFlow (the GPU machine has JAX and PyTorch only). Tiny settings: nothing here is a timing."""
 
 import importlib.util
-import pathlib
 
 import keras
 import numpy as np
 import pytest
 from support import load_benchmark
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--backbone", "SmallResNet", "--image-size", "16", "--batch-size", "2"]
 TINY += ["--repeats", "2", "--warmup", "1", "--no-memory"]
 
