@@ -222,5 +222,7 @@ def test_time_fit_times_the_harness_steps_of_every_method():
     assert set(medians) == set(step_time.METHODS) == set(first_epoch)
     assert steps == dict.fromkeys(step_time.METHODS, 2)
     assert all(seconds > 0 for seconds in medians.values())
-    # The first epoch includes compilation: slower per step than the steady state.
-    assert all(first_epoch[m] > medians[m] for m in step_time.METHODS)
+    assert all(seconds > 0 for seconds in first_epoch.values())
+    if keras.backend.backend() != "torch":  # PyTorch compiles nothing
+        # There the first epoch holds the compilation: slower per step than the steady state.
+        assert all(first_epoch[m] > medians[m] for m in step_time.METHODS)
