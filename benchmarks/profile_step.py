@@ -37,7 +37,6 @@ import collections
 import json
 import pathlib
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -160,29 +159,13 @@ def _close(stack):
 
 def ablations(setting, repeats):
     """Median seconds of alternating `train_on_batch` steps of fine-tuning and each ablation."""
-    import keras
-
-    import adafilter_keras as ak
-
     x, y = step_time.batch(setting.batch_size, setting.image_size)
     models = {"finetune": step_time.build("finetune", setting.backbone, setting.image_size)}
     for name, changes in ABLATIONS.items():
-        model = step_time.build("finetune", setting.backbone, setting.image_size)
-        model = ak.wrap(model, seed=0, **changes)
-        model.compile(  # as step_time.build compiles
-            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        models[name] = model
+        models[name] = step_time.build("adafilter", setting.backbone, setting.image_size, **changes)
     for model in models.values():
         _steps(model, x, y, 3)
-    times = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            _steps(model, x, y, 1)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return step_time.median_step_times(models, x, y, repeats)
 
 
 def print_ablations(label, medians):

@@ -141,8 +141,11 @@ def model_settings(args):
     return [ModelSetting(name, **PRESETS[name]) for name in args.models or tuple(PRESETS)]
 
 
-def build(method, backbone, image_size):
-    """One method's model on `backbone` (a `keras.applications` name or `SmallResNet`)."""
+def build(method, backbone, image_size, **wrap_changes):
+    """One method's model on `backbone` (a `keras.applications` name or `SmallResNet`).
+
+    `wrap_changes` are gate settings for `adafilter` (`wrap()`'s keywords), none by default.
+    """
     import keras
 
     import adafilter_keras as ak
@@ -160,7 +163,7 @@ def build(method, backbone, image_size):
     inputs = keras.Input((image_size, image_size, 3))
     model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(base(inputs)))
     if method == "adafilter":
-        model = ak.wrap(model, seed=0)
+        model = ak.wrap(model, seed=0, **wrap_changes)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -188,17 +191,24 @@ def time_methods(args, setting):
             model.train_on_batch(x, y)
         if not args.no_memory and keras.backend.backend() != "tensorflow":
             memory[method] = step_memory(model, x, y)
-    times = {m: [] for m in METHODS}
-    for _ in range(args.repeats):
-        for method, model in models.items():
-            start = time.perf_counter()
-            loss = model.train_on_batch(x, y)
-            float(np.asarray(loss))  # wait for the step to finish (asynchronous backends)
-            times[method].append(time.perf_counter() - start)
+    medians = median_step_times(models, x, y, args.repeats)
     profiles = {}
     if args.profile:
         profiles = {m: profile_step(models[m], x, y) for m in ("finetune", "adafilter")}
-    return {m: statistics.median(t) for m, t in times.items()}, memory, profiles
+    return medians, memory, profiles
+
+
+def median_step_times(models, x, y, repeats):
+    """The median seconds of a `train_on_batch` step of each of `models` (a dict), over
+    `repeats` rounds that step each model in turn (so drifts of the machine hit all alike)."""
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            loss = model.train_on_batch(x, y)
+            float(np.asarray(loss))  # wait for the step to finish (asynchronous backends)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def tensorflow_available():
@@ -652,6 +662,7 @@ def result_rows(setting, kind, medians, steps, dtype, memory=None, profiles=None
     rows = []
     for method in METHODS:
         record = memory.get(method, {})
+        first = first_epoch.get(method)
         peak, held = record.get("peak"), record.get("held")
         finetune_peak = memory.get("finetune", {}).get("peak")
         rows.append(
@@ -672,18 +683,12 @@ def result_rows(setting, kind, medians, steps, dtype, memory=None, profiles=None
                 "held_memory_mb": None if held is None else held / 2**20,
                 "memory_vs_finetune": None if peak is None else peak / finetune_peak,
                 "memory_kind": record.get("kind"),
-                "first_epoch_ms_per_step": _ms_or_none(first_epoch.get(method)),
-                "first_epoch_vs_steady": None
-                if method not in first_epoch
-                else first_epoch[method] / medians[method],
+                "first_epoch_ms_per_step": None if first is None else 1000 * first,
+                "first_epoch_vs_steady": None if first is None else first / medians[method],
                 "profile": profiles.get(method),
             }
         )
     return rows
-
-
-def _ms_or_none(seconds):
-    return None if seconds is None else 1000 * seconds
 
 
 def measure_train_on_batch(args, setting):
@@ -743,25 +748,21 @@ def print_table(rows, backend=False):
     kinds = dict.fromkeys(r["memory_kind"] for r in rows if r["memory_kind"])
     for kind in kinds:
         print(f"memory: {kind}")
-    first = [r for r in rows if r.get("first_epoch_ms_per_step") is not None]
-    if first:
+    first_epochs = [r for r in rows if r.get("first_epoch_ms_per_step") is not None]
+    if first_epochs:
         print(
             f"\nfirst epoch ({FIRST_EPOCH_STEPS} steps of `fit` on a fresh model, compilation "
             "included) against the steady state"
         )
-        print(f"{first_row_header(backend)}| model | method | first epoch ms/step | steady ms/step "
+        print(f"{first}| model | method | first epoch ms/step | steady ms/step "
               "| first epoch vs steady |")  # fmt: skip
         print("|---" * (4 + backend) + "|---|")
-        for r in first:
+        for r in first_epochs:
             print(
                 (f"| {r['backend']} " if backend else "")
                 + f"| {r['model']} | {r['method']} | {_ms(r['first_epoch_ms_per_step'])} "
                 f"| {_ms(r['ms_per_step'])} | {r['first_epoch_vs_steady']:.2f} |"
             )
-
-
-def first_row_header(backend):
-    return "| backend " if backend else ""
 
 
 def main():

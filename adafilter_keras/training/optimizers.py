@@ -7,13 +7,6 @@ import keras
 from keras import ops
 
 
-def torch_no_grad():
-    """`torch.no_grad()` (PyTorch imported only when this backend runs)."""
-    import torch
-
-    return torch.no_grad()
-
-
 @keras.saving.register_keras_serializable(package="adafilter_keras")
 class SGDWithMultipliers(keras.optimizers.SGD):
     """SGD with momentum where groups of variables train at multiples of the learning rate.
@@ -77,9 +70,10 @@ class SGDWithMultipliers(keras.optimizers.SGD):
         # Keras gives its own SGD on PyTorch one `torch._foreach` update for all variables, but
         # a subclass gets the generic one: a handful of operations per variable, most of an
         # eager step's optimizer time for a gated model's many variables. The same update:
+        import torch
         from keras.src.backend.torch.optimizers import torch_sgd
 
-        with torch_no_grad():
+        with torch.no_grad():
             torch_sgd.SGD._parallel_update_step(self, grads, trainable_variables, learning_rate)
 
     def get_config(self):
