@@ -115,7 +115,14 @@ def xplane_self_times(data, backend):
     """`{op name: (seconds, calls)}` of the host events of a serialized `XSpace` (the file
     `*.xplane.pb` of the TensorFlow and JAX profilers): per thread, events nest by time, and an
     event's self time is its duration minus its children's."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError as error:  # a JAX machine without TensorFlow
+        raise SystemExit(
+            "reading the profile needs TensorFlow's `xplane_pb2` (the TensorFlow and JAX "
+            "profilers write XSpace files): install tensorflow, or profile with "
+            "KERAS_BACKEND=torch"
+        ) from error
 
     space = xplane_pb2.XSpace()
     space.ParseFromString(data)
