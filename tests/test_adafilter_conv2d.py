@@ -174,3 +174,22 @@ def test_from_conv2d_refuses_other_layers_and_unbuilt_convs():
     grouped.build((None, 8, 8, 4))
     with pytest.raises(ValueError, match="groups=2"):
         AdaFilterConv2D.from_conv2d(grouped)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="a PyTorch memory layout (the torch tox env)"
+)
+def test_torch_convolution_reads_a_kernel_variable_in_place_and_lays_out_any_other(rng):
+    import torch
+
+    from adafilter_keras.layers.adafilter_conv2d import _channels_last_kernel
+
+    layer = AdaFilterConv2D(4, 3)
+    layer.build((None, 6, 6, 2))
+    variable = layer.finetuned_kernel.value
+    # Stored out-major already: handed over as it is, not through four views.
+    assert _channels_last_kernel(layer.finetuned_kernel) is variable
+    plain = torch.tensor(rng.normal(size=(3, 3, 2, 4)).astype("float32"))  # stored in-major
+    laid_out = _channels_last_kernel(plain)
+    np.testing.assert_array_equal(laid_out.numpy(), plain.numpy())
+    assert laid_out.stride() == variable.stride() and laid_out.data_ptr() != plain.data_ptr()

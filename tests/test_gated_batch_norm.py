@@ -5,6 +5,7 @@ from support import to_numpy
 
 from adafilter_keras import GatedBatchNorm
 from adafilter_keras.layers.casting import cast, normalization_dtype
+from adafilter_keras.layers.gated_batch_norm import batch_moments
 
 EPSILON = 1e-3
 
@@ -201,3 +202,33 @@ def test_a_cast_to_the_dtype_a_tensor_has_is_no_operation():
         "float32",
         "float64",
     ]
+
+
+def test_batch_moments_are_the_per_channel_mean_and_biased_variance(rng):
+    x = rng.normal(1.0, 2.0, size=(6, 5, 4, 3)).astype("float32")
+    mean, variance = (to_numpy(v) for v in batch_moments(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variance, x.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="the PyTorch formulation (the torch tox env)"
+)
+def test_torch_batch_moments_equal_keras_moments_forward_and_backward(rng):
+    # The sums give Keras's values bit for bit; only the backward pass is shorter.
+    import torch
+
+    x = rng.normal(1.0, 2.0, size=(6, 5, 4, 3)).astype("float32")
+    weights = torch.tensor(rng.normal(size=(2, 3)).astype("float32"))
+
+    def values_and_gradient(moments):
+        tensor = torch.tensor(x, requires_grad=True)
+        mean, variance = moments(tensor)
+        ((mean * weights[0]).sum() + (variance * weights[1]).sum()).backward()
+        return mean.detach().numpy(), variance.detach().numpy(), tensor.grad.numpy()
+
+    ours = values_and_gradient(batch_moments)
+    keras_moments = values_and_gradient(lambda t: keras.ops.moments(t, axes=[0, 1, 2]))
+    np.testing.assert_array_equal(ours[0], keras_moments[0])
+    np.testing.assert_array_equal(ours[1], keras_moments[1])
+    np.testing.assert_allclose(ours[2], keras_moments[2], rtol=1e-5, atol=1e-7)

@@ -296,6 +296,9 @@ def _channels_last_kernel(kernel):
     # The same (height, width, in, out) kernel, stored out-major (as PyTorch's channels-last
     # weights). The flattening copies a kernel stored otherwise; the rest are views.
     height, width, channels, filters = kernel.shape
+    tensor = getattr(kernel, "value", kernel)
+    if tensor.stride() == (width * channels, channels, 1, height * width * channels):
+        return tensor  # the variable's own layout (`_stored_kernel`): no view needed
     stored = ops.reshape(ops.transpose(kernel, (3, 0, 1, 2)), (-1,))
     return ops.transpose(ops.reshape(stored, (filters, height, width, channels)), (1, 2, 3, 0))
 

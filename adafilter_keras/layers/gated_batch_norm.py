@@ -1,5 +1,7 @@
 """GatedBatchNorm: one batch normalization per branch of an AdaFilterConv2D, mixed by the gate."""
 
+import math
+
 import keras
 from keras import initializers, ops, regularizers
 
@@ -237,7 +239,7 @@ class GatedBatchNorm(keras.layers.Layer):
         variance = cast(getattr(self, f"{branch}_moving_variance"), dtype)
         batch_statistics = branch == "finetuned" or self.pretrained_branch == "adapt"
         if training and self.trainable and batch_statistics:
-            mean, variance = ops.moments(values, axes=list(range(len(values.shape) - 1)))
+            mean, variance = batch_moments(values)
             self._update_statistics(branch, mean, variance)
         scale = ops.rsqrt(variance + self.epsilon)
         gamma = getattr(self, f"{branch}_gamma", None)
@@ -280,3 +282,20 @@ class GatedBatchNorm(keras.layers.Layer):
             }
         )
         return config
+
+
+def batch_moments(values):
+    """Per-channel mean and (biased) variance of `values` over every axis but the last.
+
+    `ops.moments`, except on PyTorch: there Keras computes the variance as `mean(square(x)) -
+    square(mean)` already; written with sums, `sum(x * x) / n - mean * mean`, the forward values
+    are the same bit for bit, and the backward pass is about half as long (the mean's gradient
+    is divided by `n` before it is broadcast, not after; a product's gradient instead of a
+    power's). Measured: the gated step of the small model, docs/performance.md.
+    """
+    axes = tuple(range(len(values.shape) - 1))
+    if keras.backend.backend() != "torch":
+        return ops.moments(values, axes=list(axes))
+    count = math.prod(values.shape[:-1])
+    mean = ops.sum(values, axis=axes) / count
+    return mean, ops.sum(values * values, axis=axes) / count - mean * mean
