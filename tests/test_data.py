@@ -133,6 +133,15 @@ def test_uci_digits_pipelines_shapes_dtypes_labels_and_sizes():
         assert images.min() >= -123.68 - 1e-3 and images.max() <= 255 - 103.939 + 1e-3
 
 
+def test_pipelines_run_without_the_autotuning_model_thread():
+    # Deleting an iterator (the end of every `fit` and `evaluate`) waits for that thread's next
+    # wake-up, up to a minute into a long training; the parallel maps still run in parallel.
+    loaded = data.load("uci_digits", image_size=24, batch_size=64, seed=3)
+    for pipeline in (loaded.train, loaded.validation, loaded.test):
+        assert pipeline.options().autotune.enabled is False
+        assert pipeline.repeat().map(lambda x, y: (x, y)).options().autotune.enabled is False
+
+
 def test_mnist5k_is_shuffled_before_splitting_and_k_shot_is_exact():
     loaded = data.load("mnist5k", image_size=28, batch_size=500, shots_per_class=5, seed=1)
     assert loaded.sizes["train"] == 50
