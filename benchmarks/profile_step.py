@@ -26,7 +26,10 @@ Then, unless `--no-ablations`, the parts of a gated layer are timed by taking th
 ms of `--repeats` alternating `train_on_batch` steps of `finetune`, `adafilter`, `adafilter`
 with random gates (`policy="random"`: no controller, no gate network to train) and `adafilter`
 with a frozen pre-trained branch normalization (`pretrained_bn="frozen"`: no batch moments for
-that branch), each against fine-tuning.
+that branch), and `adafilter` with one convolution per gated layer (each `AdaFilterConv2D` runs
+its fine-tuned convolution only and its pre-trained branch is a copy of that output: the cost of
+the second convolution, forward and input gradient, with the rest of the layer unchanged), each
+against fine-tuning.
 
 Writes the same figures as JSON: `{"machine", "settings", "models": [{"model", "ops": [...],
 "totals": {...}, "ablations": {...}}]}`.
@@ -46,11 +49,49 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import step_time  # noqa: E402  (the benchmark's models, batches and presets)
 
 PROFILED = ("finetune", "adafilter")
-# The ablations: `wrap()` settings that take one part of a gated layer away.
+
+
+def convolve_once(model):
+    """Makes every `AdaFilterConv2D` of `model` run its fine-tuned convolution only; its
+    pre-trained branch becomes a copy of that output. Returns `model`."""
+    import keras
+    from keras import ops
+
+    from adafilter_keras import AdaFilterConv2D
+    from adafilter_keras.layers.adafilter_conv2d import _convolve
+
+    def call(layer, inputs, gate=None):
+        (finetuned,) = _convolve(
+            inputs,
+            (layer.finetuned_kernel,),
+            strides=layer.strides,
+            padding=layer.padding,
+            data_format=layer.data_format,
+            dilation_rate=layer.dilation_rate,
+        )
+        if layer.use_bias:
+            finetuned = finetuned + layer.finetuned_bias
+        finetuned = layer.activation(finetuned)
+        return finetuned if gate is not None else (ops.copy(finetuned), finetuned)
+
+    def walk(layer):
+        for sublayer in layer.layers if isinstance(layer, keras.Model) else ():
+            yield sublayer
+            yield from walk(sublayer)
+
+    for layer in walk(model):
+        if isinstance(layer, AdaFilterConv2D):
+            layer.call = call.__get__(layer)
+    return model
+
+
+# The ablations, each taking one part of a gated layer away: `wrap()` settings, and a change of
+# the wrapped model.
 ABLATIONS = {
-    "adafilter": {},
-    "random_gates": {"policy": "random"},
-    "frozen_pretrained_bn": {"pretrained_bn": "frozen"},
+    "adafilter": ({}, None),
+    "random_gates": ({"policy": "random"}, None),
+    "frozen_pretrained_bn": ({"pretrained_bn": "frozen"}, None),
+    "one_convolution": ({}, convolve_once),
 }
 
 
@@ -168,8 +209,9 @@ def ablations(setting, repeats):
     """Median seconds of alternating `train_on_batch` steps of fine-tuning and each ablation."""
     x, y = step_time.batch(setting.batch_size, setting.image_size)
     models = {"finetune": step_time.build("finetune", setting.backbone, setting.image_size)}
-    for name, changes in ABLATIONS.items():
-        models[name] = step_time.build("adafilter", setting.backbone, setting.image_size, **changes)
+    for name, (changes, change_model) in ABLATIONS.items():
+        model = step_time.build("adafilter", setting.backbone, setting.image_size, **changes)
+        models[name] = model if change_model is None else change_model(model)
     for model in models.values():
         _steps(model, x, y, 3)
     return step_time.median_step_times(models, x, y, repeats)

@@ -93,3 +93,25 @@ def test_ablations_time_fine_tuning_and_every_variant():
     medians = profile_step.ablations(setting, repeats=2)
     assert list(medians) == ["finetune", *profile_step.ABLATIONS]
     assert all(seconds > 0 for seconds in medians.values())
+
+
+def test_one_convolution_ablation_runs_the_fine_tuned_convolution_only(rng):
+    import adafilter_keras as ak
+
+    model = profile_step.step_time.build("adafilter", "SmallResNet", 16)
+    gated = [layer for layer in model._flatten_layers() if isinstance(layer, ak.AdaFilterConv2D)]
+    layer = gated[0]
+    layer.finetuned_kernel.assign(layer.finetuned_kernel * 2.0)  # the branches now differ
+    x = rng.normal(size=(2, 16, 16, layer.pretrained_kernel.shape[2])).astype("float32")
+    pretrained, finetuned = (keras.ops.convert_to_numpy(b) for b in layer(x))
+    assert not np.allclose(pretrained, finetuned)
+
+    assert profile_step.convolve_once(model) is model
+    copied, once = (keras.ops.convert_to_numpy(b) for b in layer(x))
+    np.testing.assert_allclose(once, finetuned, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(copied, once)
+    gate = np.ones((2, layer.filters), "float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(x, gate)), once, rtol=1e-5, atol=1e-5
+    )
+    assert all(g.call.__func__ is layer.call.__func__ for g in gated)
