@@ -54,11 +54,11 @@ PROFILED = ("finetune", "adafilter")
 def convolve_once(model):
     """Makes every `AdaFilterConv2D` of `model` run its fine-tuned convolution only; its
     pre-trained branch becomes a copy of that output. Returns `model`."""
-    import keras
     from keras import ops
 
     from adafilter_keras import AdaFilterConv2D
     from adafilter_keras.layers.adafilter_conv2d import _convolve
+    from adafilter_keras.wrapping.graph import sublayers
 
     def call(layer, inputs, gate=None):
         (finetuned,) = _convolve(
@@ -74,12 +74,7 @@ def convolve_once(model):
         finetuned = layer.activation(finetuned)
         return finetuned if gate is not None else (ops.copy(finetuned), finetuned)
 
-    def walk(layer):
-        for sublayer in layer.layers if isinstance(layer, keras.Model) else ():
-            yield sublayer
-            yield from walk(sublayer)
-
-    for layer in walk(model):
+    for layer in sublayers(model):
         if isinstance(layer, AdaFilterConv2D):
             layer.call = call.__get__(layer)
     return model

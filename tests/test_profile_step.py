@@ -97,9 +97,10 @@ def test_ablations_time_fine_tuning_and_every_variant():
 
 def test_one_convolution_ablation_runs_the_fine_tuned_convolution_only(rng):
     import adafilter_keras as ak
+    from adafilter_keras.wrapping.graph import sublayers
 
     model = profile_step.step_time.build("adafilter", "SmallResNet", 16)
-    gated = [layer for layer in model._flatten_layers() if isinstance(layer, ak.AdaFilterConv2D)]
+    gated = [layer for layer in sublayers(model) if isinstance(layer, ak.AdaFilterConv2D)]
     layer = gated[0]
     layer.finetuned_kernel.assign(layer.finetuned_kernel * 2.0)  # the branches now differ
     x = rng.normal(size=(2, 16, 16, layer.pretrained_kernel.shape[2])).astype("float32")
