@@ -1,11 +1,13 @@
 import keras
 import numpy as np
 import pytest
-from support import to_numpy
+from support import loss_gradients, to_numpy
 
 from adafilter_keras import GatedBatchNorm
 from adafilter_keras.layers.casting import cast, normalization_dtype
+from adafilter_keras.layers.branches import mix_normalized
 from adafilter_keras.layers.gated_batch_norm import batch_moments
+from adafilter_keras.layers.mixed_batch_norm import normalization_affine
 
 EPSILON = 1e-3
 
@@ -232,3 +234,80 @@ def test_torch_batch_moments_equal_keras_moments_forward_and_backward(rng):
     np.testing.assert_array_equal(ours[0], keras_moments[0])
     np.testing.assert_array_equal(ours[1], keras_moments[1])
     np.testing.assert_allclose(ours[2], keras_moments[2], rtol=1e-5, atol=1e-7)
+
+
+class _DifferentiatedGatedBatchNorm(GatedBatchNorm):
+    """The training forward pass as plain operations, differentiated by the backend."""
+
+    def call(self, inputs, training=None):
+        *branches, gate = inputs
+        affines = []
+        for branch, values in zip(("pretrained", "finetuned"), branches, strict=True):
+            mean, variance = batch_moments(values)
+            weights = [getattr(self, f"{branch}_{name}", None) for name in ("gamma", "beta")]
+            affines.append(normalization_affine(mean, variance, self.epsilon, *weights))
+        return mix_normalized(*branches, *affines, gate)
+
+
+def _gated_model(layer_class, gate_filters, **kwargs):
+    """Branches and gate from trainable layers, so that every gradient reaches a weight."""
+    inputs = keras.Input((5, 4, 3))
+    both = keras.layers.Conv2D(8, 1)(inputs)
+    pretrained = keras.layers.Lambda(lambda t: t[..., :4] * 3.0 + 1.0)(both)
+    finetuned = keras.layers.Lambda(lambda t: t[..., 4:] - 0.5)(both)
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    gate = keras.layers.Dense(gate_filters, activation="sigmoid")(pooled)
+    layer = layer_class(epsilon=EPSILON, pretrained_branch="adapt", **kwargs)
+    outputs = layer([pretrained, finetuned, gate], training=True)
+    return keras.Model(inputs, outputs), layer
+
+
+@pytest.mark.parametrize(
+    "gate_filters, scale, center", [(4, True, True), (1, True, True), (4, False, False)]
+)
+def test_written_out_gradient_equals_the_differentiated_one(rng, gate_filters, scale, center):
+    models = [
+        _gated_model(layer_class, gate_filters, scale=scale, center=center)
+        for layer_class in (GatedBatchNorm, _DifferentiatedGatedBatchNorm)
+    ]
+    for variable in models[0][1].weights:
+        low = 0.5 if "variance" in variable.path or "gamma" in variable.path else -1.0
+        variable.assign(rng.uniform(low, 1.5, size=variable.shape))
+    models[1][0].set_weights(models[0][0].get_weights())
+    x = rng.normal(size=(6, 5, 4, 3)).astype("float32")
+    target = rng.normal(size=(6, 5, 4, 4)).astype("float32")
+
+    def loss(y, outputs):  # weights every output differently, so no gradient cancels
+        return keras.ops.sum(keras.ops.square(keras.ops.subtract(outputs, y)) * keras.ops.arange(1, 5, dtype="float32"))
+
+    outputs = [to_numpy(model(x, training=True)) for model, _ in models]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    written, differentiated = (loss_gradients(model, x, target, loss) for model, _ in models)
+    assert len(written) == len(differentiated) == 2 + 2 + 2 * (scale + center)
+    # The conv bias gets no gradient through a batch normalization: both are rounding noise there.
+    largest = max(np.abs(reference).max() for reference in differentiated)
+    assert largest > 0.1
+    for ours, reference in zip(written, differentiated, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5 * largest)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's gradient graph")
+def test_each_branch_gradient_is_one_term_in_tensorflow():
+    # Grappler rewrites sums of more than two full-size gradients into accumulations into
+    # zero-initialised temporaries, which constant folding turns into held constants.
+    import tensorflow as tf
+
+    def sums(layer_class):
+        model, _ = _gated_model(layer_class, 4)
+
+        @tf.function
+        def gradients(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x, training=True) ** 2)
+            return tape.gradient(loss, model.trainable_variables)
+
+        graph = gradients.get_concrete_function(tf.random.normal((6, 5, 4, 3))).graph
+        return [len(op.inputs) for op in graph.get_operations() if op.type == "AddN"]
+
+    assert max(sums(_DifferentiatedGatedBatchNorm)) == 3  # mean, variance and mix
+    assert max(sums(GatedBatchNorm)) <= 2

@@ -10,6 +10,7 @@ from adafilter_keras.layers import settings as gate_settings
 from adafilter_keras.layers.branches import check_gate, mix_normalized
 from adafilter_keras.layers.casting import cast, normalization_dtype
 from adafilter_keras.layers.copying import assign_copy
+from adafilter_keras.layers.mixed_batch_norm import mix_batch_normalized, normalization_affine
 
 PRETRAINED_BRANCH_MODES = gate_settings.PRETRAINED_BRANCH_MODES
 
@@ -223,33 +224,37 @@ class GatedBatchNorm(keras.layers.Layer):
         check_gate(gate.shape, self.filters, self.name)
         # Normalize in float32 at least: BN overflows easily in float16/bfloat16.
         branches = [cast(values, normalization_dtype(values.dtype)) for values in branches]
+        gate = cast(gate, branches[0].dtype)
+        dtype = keras.backend.standardize_dtype(branches[0].dtype)
+        names = ("pretrained", "finetuned")
+        parameters = [
+            tuple(
+                None if weight is None else cast(weight, dtype)
+                for weight in (getattr(self, f"{branch}_gamma", None),
+                               getattr(self, f"{branch}_beta", None))
+            )
+            for branch in names
+        ]  # fmt: skip
+        batch_statistics = training and self.trainable
+        if batch_statistics and self.pretrained_branch == "adapt":
+            # Both branches on batch statistics: the gradient written out (mixed_batch_norm).
+            moments = [batch_moments(ops.stop_gradient(values)) for values in branches]
+            for branch, (mean, variance) in zip(names, moments, strict=True):
+                self._update_statistics(branch, mean, variance)
+            mixed = mix_batch_normalized(*branches, gate, moments, parameters, self.epsilon)
+            return cast(mixed, self.compute_dtype)
         # Each branch's normalization as a per-channel affine map, mixed with the branches in one
         # pass (`mix_normalized`). Each has its own statistics: the frozen branch then needs no
         # batch moments at all.
-        affines = [
-            self._affine(branch, values, training)
-            for branch, values in zip(("pretrained", "finetuned"), branches, strict=True)
-        ]
+        affines = []
+        for branch, values, (gamma, beta) in zip(names, branches, parameters, strict=True):
+            mean = cast(getattr(self, f"{branch}_moving_mean"), dtype)
+            variance = cast(getattr(self, f"{branch}_moving_variance"), dtype)
+            if batch_statistics and branch == "finetuned":
+                mean, variance = batch_moments(values)
+                self._update_statistics(branch, mean, variance)
+            affines.append(normalization_affine(mean, variance, self.epsilon, gamma, beta))
         return cast(mix_normalized(*branches, *affines, gate), self.compute_dtype)
-
-    def _affine(self, branch, values, training):
-        """Per-channel `(scale, offset)`: normalized, the branch is `values * scale + offset`."""
-        dtype = keras.backend.standardize_dtype(values.dtype)
-        mean = cast(getattr(self, f"{branch}_moving_mean"), dtype)
-        variance = cast(getattr(self, f"{branch}_moving_variance"), dtype)
-        batch_statistics = branch == "finetuned" or self.pretrained_branch == "adapt"
-        if training and self.trainable and batch_statistics:
-            mean, variance = batch_moments(values)
-            self._update_statistics(branch, mean, variance)
-        scale = ops.rsqrt(variance + self.epsilon)
-        gamma = getattr(self, f"{branch}_gamma", None)
-        if gamma is not None:
-            scale = scale * cast(gamma, dtype)
-        offset = -mean * scale
-        beta = getattr(self, f"{branch}_beta", None)
-        if beta is not None:
-            offset = offset + cast(beta, dtype)
-        return scale, offset
 
     def _update_statistics(self, branch, batch_mean, batch_variance):
         for name, batch_value in zip(_STATISTICS, (batch_mean, batch_variance), strict=True):

@@ -62,16 +62,33 @@ def mix_normalized_with_full_finetuned_gradient(
     )
 
 
+def mix_batch_normalized_with_full_finetuned_gradient(
+    pretrained, finetuned, gate, moments, parameters, epsilon
+):
+    """`GatedBatchNorm`'s training mix (`mix_batch_normalized`), differentiated op by op (the
+    batch moments included) with the same straight-through gradient."""
+    from adafilter_keras.layers.gated_batch_norm import batch_moments
+    from adafilter_keras.layers.mixed_batch_norm import normalization_affine
+
+    affines = [
+        normalization_affine(*batch_moments(values), epsilon, *weights)
+        for values, weights in zip((pretrained, finetuned), parameters, strict=True)
+    ]
+    return mix_normalized_with_full_finetuned_gradient(pretrained, finetuned, *affines, gate)
+
+
 def use_full_finetuned_gradient():
     """Makes the gated layers mix their branches with the mixes above, for this process.
 
-    `AdaFilterConv2D` and `GatedBatchNorm` mix through the public functions `mix_branches` and
-    `mix_normalized` of their modules; these are swapped for the straight-through versions.
+    `AdaFilterConv2D` and `GatedBatchNorm` mix through the functions `mix_branches`,
+    `mix_normalized` and (in training) `mix_batch_normalized` of their modules; these are
+    swapped for the straight-through versions.
     """
     from adafilter_keras.layers import adafilter_conv2d, gated_batch_norm
 
     adafilter_conv2d.mix_branches = mix_with_full_finetuned_gradient
     gated_batch_norm.mix_normalized = mix_normalized_with_full_finetuned_gradient
+    gated_batch_norm.mix_batch_normalized = mix_batch_normalized_with_full_finetuned_gradient
 
 
 def main(argv=None):

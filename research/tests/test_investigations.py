@@ -509,3 +509,33 @@ def test_choose_defaults_ranks_candidates_by_their_seeds_below_fine_tuning():
     )
     assert rows["0.1 defaults"]["worst"] == pytest.approx(-5.0)
     assert rows["initial_rate=0.8"]["mean"] == pytest.approx(0.0)
+
+
+def test_full_gradient_patch_reaches_the_training_normalization(monkeypatch):
+    import tensorflow as tf
+
+    from adafilter_keras import GatedBatchNorm
+    from adafilter_keras.layers import adafilter_conv2d, gated_batch_norm
+
+    for module, name in (
+        (adafilter_conv2d, "mix_branches"),
+        (gated_batch_norm, "mix_normalized"),
+        (gated_batch_norm, "mix_batch_normalized"),
+    ):
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    rng = np.random.default_rng(0)
+    pretrained, finetuned = (
+        tf.Variable(rng.normal(size=(4, 3, 3, 2)).astype("float32")) for _ in range(2)
+    )
+    gate = tf.constant(np.tile([[0.0, 1.0]], (4, 1)).astype("float32"))
+
+    def finetuned_gradient():
+        layer = GatedBatchNorm(pretrained_branch="adapt")
+        with tf.GradientTape() as tape:
+            out = layer([pretrained, finetuned, gate], training=True)
+            loss = tf.reduce_sum(out**2 * tf.constant([1.0, 2.0]))
+        return tape.gradient(loss, finetuned).numpy()
+
+    np.testing.assert_array_equal(finetuned_gradient()[..., 0], 0.0)  # gated off
+    _script("finetuned_gradient").use_full_finetuned_gradient()
+    assert np.abs(finetuned_gradient()[..., 0]).max() > 1e-3
