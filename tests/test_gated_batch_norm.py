@@ -4,8 +4,9 @@ import pytest
 from support import loss_gradients, to_numpy
 
 from adafilter_keras import GatedBatchNorm
-from adafilter_keras.layers.casting import cast, normalization_dtype
+from adafilter_keras.layers import gated_batch_norm
 from adafilter_keras.layers.branches import mix_normalized
+from adafilter_keras.layers.casting import cast, normalization_dtype
 from adafilter_keras.layers.gated_batch_norm import batch_moments
 from adafilter_keras.layers.mixed_batch_norm import normalization_affine
 
@@ -265,7 +266,10 @@ def _gated_model(layer_class, gate_filters, **kwargs):
 @pytest.mark.parametrize(
     "gate_filters, scale, center", [(4, True, True), (1, True, True), (4, False, False)]
 )
-def test_written_out_gradient_equals_the_differentiated_one(rng, gate_filters, scale, center):
+def test_written_out_gradient_equals_the_differentiated_one(
+    rng, monkeypatch, gate_filters, scale, center
+):
+    monkeypatch.setattr(gated_batch_norm, "WRITE_OUT_GRADIENT", True)  # PyTorch's too
     models = [
         _gated_model(layer_class, gate_filters, scale=scale, center=center)
         for layer_class in (GatedBatchNorm, _DifferentiatedGatedBatchNorm)
@@ -278,7 +282,8 @@ def test_written_out_gradient_equals_the_differentiated_one(rng, gate_filters, s
     target = rng.normal(size=(6, 5, 4, 4)).astype("float32")
 
     def loss(y, outputs):  # weights every output differently, so no gradient cancels
-        return keras.ops.sum(keras.ops.square(keras.ops.subtract(outputs, y)) * keras.ops.arange(1, 5, dtype="float32"))
+        squares = keras.ops.square(keras.ops.subtract(outputs, y))
+        return keras.ops.sum(squares * keras.ops.arange(1, 5, dtype="float32"))
 
     outputs = [to_numpy(model(x, training=True)) for model, _ in models]
     np.testing.assert_array_equal(outputs[0], outputs[1])
@@ -309,5 +314,6 @@ def test_each_branch_gradient_is_one_term_in_tensorflow():
         graph = gradients.get_concrete_function(tf.random.normal((6, 5, 4, 3))).graph
         return [len(op.inputs) for op in graph.get_operations() if op.type == "AddN"]
 
+    assert gated_batch_norm.WRITE_OUT_GRADIENT
     assert max(sums(_DifferentiatedGatedBatchNorm)) == 3  # mean, variance and mix
     assert max(sums(GatedBatchNorm)) <= 2
