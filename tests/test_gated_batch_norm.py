@@ -317,3 +317,32 @@ def test_each_branch_gradient_is_one_term_in_tensorflow():
     assert gated_batch_norm.WRITE_OUT_GRADIENT
     assert max(sums(_DifferentiatedGatedBatchNorm)) == 3  # mean, variance and mix
     assert max(sums(GatedBatchNorm)) <= 2
+
+
+@pytest.mark.parametrize("subtract", [True, False])
+def test_the_subtracting_mixes_give_the_adding_ones_values_bit_for_bit(rng, monkeypatch, subtract):
+    # TensorFlow and JAX subtract (see branches.py), PyTorch adds: one set of values everywhere.
+    from adafilter_keras.layers import branches
+
+    pretrained, finetuned = (rng.normal(size=(3, 4, 4, 5)).astype("float32") for _ in range(2))
+    gate = rng.uniform(size=(3, 5)).astype("float32")
+    affines = [tuple(rng.normal(size=(5,)).astype("float32") for _ in range(2)) for _ in range(2)]
+    expected = (
+        pretrained + gate[:, None, None] * (finetuned - pretrained),
+        pretrained * ((1 - gate)[:, None, None] * affines[0][0])
+        + finetuned * (gate[:, None, None] * affines[1][0])
+        + (affines[0][1] + gate * (affines[1][1] - affines[0][1]))[:, None, None],
+    )
+    monkeypatch.setattr(branches, "_SUBTRACT", subtract)
+    tensor = keras.ops.convert_to_tensor
+    mixed = (
+        branches.mix_branches(tensor(pretrained), tensor(finetuned), tensor(gate)),
+        branches.mix_normalized(
+            tensor(pretrained),
+            tensor(finetuned),
+            *[tuple(tensor(v) for v in affine) for affine in affines],
+            tensor(gate),
+        ),
+    )
+    for ours, reference in zip(mixed, expected, strict=True):
+        np.testing.assert_array_equal(to_numpy(ours), reference)

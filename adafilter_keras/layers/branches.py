@@ -1,17 +1,23 @@
 """How AdaFilterConv2D and GatedBatchNorm mix their two branches with a gate.
 
-The mixes subtract where they could add, for the same values bit for bit (negation is exact).
+The mixes subtract where they could add, for the same values bit for bit (negation is exact, and
+so is swapping the terms of a sum).
 On TensorFlow, Grappler's arithmetic optimizer merges a tree of additions of same-shape tensors
 into one sum: here the mix's two full-size terms and the residual connection that often follows
 the layer. Its memory optimizer then accumulates each sum of more than two tensors into a
 temporary initialised from zeros of the full shape, and constant folding makes those zeros
 constants that the model holds between steps (ResNet50, 224 px, batch 8: about 130 MB;
-docs/performance.md). A subtraction ends the tree.
+docs/performance.md). A subtraction ends the tree. Not on PyTorch, which has no such optimizer
+and differentiates a subtraction with a full-size negation (measured: the small model's gated step
+about 1.5% slower with it).
 """
 
+import keras
 from keras import ops
 
 from adafilter_keras.layers.casting import cast
+
+_SUBTRACT = keras.backend.backend() != "torch"
 
 
 def mix_branches(pretrained, finetuned, gate):
@@ -31,6 +37,8 @@ def mix_branches(pretrained, finetuned, gate):
         `finetuned` up to one rounding. Written with a subtraction (see above).
     """
     gate = broadcastable(cast(gate, pretrained.dtype), pretrained)
+    if not _SUBTRACT:
+        return pretrained + gate * (finetuned - pretrained)
     return pretrained - gate * (pretrained - finetuned)
 
 
@@ -58,15 +66,25 @@ def mix_normalized(pretrained, finetuned, pretrained_affine, finetuned_affine, g
         finetuned_affine,
     )
     gate = cast(gate, pretrained.dtype)
+    if not _SUBTRACT:
+        coefficients = (
+            (1.0 - gate) * pretrained_scale,
+            gate * finetuned_scale,
+            pretrained_offset + gate * (finetuned_offset - pretrained_offset),
+        )
+        pretrained_coefficient, finetuned_coefficient, offset = (
+            broadcastable(c, pretrained) for c in coefficients
+        )
+        return pretrained * pretrained_coefficient + finetuned * finetuned_coefficient + offset
     coefficients = (
-        (1.0 - gate) * pretrained_scale,
+        (gate - 1.0) * pretrained_scale,  # the pre-trained coefficient, negated (see above)
         gate * finetuned_scale,
         pretrained_offset + gate * (finetuned_offset - pretrained_offset),
     )
-    pretrained_coefficient, finetuned_coefficient, offset = (
+    negated_pretrained_coefficient, finetuned_coefficient, offset = (
         broadcastable(c, pretrained) for c in coefficients
     )
-    return pretrained * pretrained_coefficient - finetuned * -finetuned_coefficient + offset
+    return finetuned * finetuned_coefficient - pretrained * negated_pretrained_coefficient + offset
 
 
 def broadcastable(values, branch):
