@@ -80,16 +80,14 @@ def mix_batch_normalized(pretrained, finetuned, gate, moments, parameters, epsil
         def gradient(*args, upstream=None):
             if upstream is None:  # TensorFlow and JAX pass it positionally
                 (upstream,) = args
-            return _gradient(
-                upstream, branches, gate, statistics, gamma_beta, affines, epsilon, present
-            )
+            return _gradient(upstream, branches, gate, statistics, affines, epsilon, present)
 
         return output, gradient
 
     return forward(*inputs)
 
 
-def _gradient(upstream, branches, gate, statistics, gamma_beta, affines, epsilon, present):
+def _gradient(upstream, branches, gate, statistics, affines, epsilon, present):
     """The gradients of `mix_batch_normalized`'s inputs, in their order, given `upstream`."""
     spatial = tuple(range(1, len(upstream.shape) - 1))
     count = _count(upstream)
