@@ -66,25 +66,19 @@ def mix_normalized(pretrained, finetuned, pretrained_affine, finetuned_affine, g
         finetuned_affine,
     )
     gate = cast(gate, pretrained.dtype)
-    if not _SUBTRACT:
-        coefficients = (
-            (1.0 - gate) * pretrained_scale,
-            gate * finetuned_scale,
-            pretrained_offset + gate * (finetuned_offset - pretrained_offset),
-        )
-        pretrained_coefficient, finetuned_coefficient, offset = (
-            broadcastable(c, pretrained) for c in coefficients
-        )
-        return pretrained * pretrained_coefficient + finetuned * finetuned_coefficient + offset
+    # Subtracting, the pre-trained coefficient is negated: `gate - 1` rather than `1 - gate`.
+    pretrained_weight = gate - 1.0 if _SUBTRACT else 1.0 - gate
     coefficients = (
-        (gate - 1.0) * pretrained_scale,  # the pre-trained coefficient, negated (see above)
+        pretrained_weight * pretrained_scale,
         gate * finetuned_scale,
         pretrained_offset + gate * (finetuned_offset - pretrained_offset),
     )
-    negated_pretrained_coefficient, finetuned_coefficient, offset = (
+    pretrained_coefficient, finetuned_coefficient, offset = (
         broadcastable(c, pretrained) for c in coefficients
     )
-    return finetuned * finetuned_coefficient - pretrained * negated_pretrained_coefficient + offset
+    if _SUBTRACT:
+        return finetuned * finetuned_coefficient - pretrained * pretrained_coefficient + offset
+    return pretrained * pretrained_coefficient + finetuned * finetuned_coefficient + offset
 
 
 def broadcastable(values, branch):
