@@ -14,9 +14,11 @@ For each square feature-map size (batch `--batch-size`, `--channels` in and out,
 part on its own, compiled as the backend compiles a training step (JAX: `jax.jit`; TensorFlow:
 `tf.function`; PyTorch: eager): the median of `--repeats` rounds that call the three parts in
 turn, after 3 warm-up rounds. It prints a Markdown table with each part's ms and GFLOP/s (each
-part does `2 * batch * size**2 * kernel_size**2 * channels**2` floating-point operations) and the
-second convolution's share, `(forward + input gradient) / (all three)`: what a gated layer adds
-to the layer's convolution time in fine-tuning. It writes the same rows as JSON:
+part counted as `2 * batch * size**2 * kernel_size**2 * channels**2` floating-point operations,
+the taps that fall on the padding included, so on maps smaller than the kernel the rate is a
+nominal one) and the second convolution's share, `(forward + input gradient) / (all three)`:
+what a gated layer adds to the layer's convolution time in fine-tuning. It writes the same rows
+as JSON:
 `{"machine", "settings", "rows": [...]}`.
 """
 
