@@ -246,7 +246,7 @@ class GatedBatchNorm(keras.layers.Layer):
         adapt = self.pretrained_branch == "adapt"
         if batch_statistics and adapt and WRITE_OUT_GRADIENT:
             # Both branches on batch statistics: the gradient written out (mixed_batch_norm).
-            moments = [batch_moments(ops.stop_gradient(values)) for values in branches]
+            moments = [batch_moments(values) for values in branches]
             for branch, (mean, variance) in zip(names, moments, strict=True):
                 self._update_statistics(branch, mean, variance)
             mixed = mix_batch_normalized(*branches, gate, moments, parameters, self.epsilon)
